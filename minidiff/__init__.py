@@ -1,0 +1,27 @@
+"""minidiff — a small, tested diffusion library built chapter by chapter in the course notebooks.
+
+The one contract: every model is an eps-model ``eps(x_t, t, cond=None) -> Tensor`` (see
+:mod:`minidiff.eps`); samplers consume it and guidance wraps it.
+"""
+from .config import default_device, is_quick, pick, resolve_device, seed_everything
+from .eps import call_eps, eps_to_score, eps_to_x0, score_to_eps, x0_to_eps
+from .forward import (bits_per_dim, discretized_gaussian_log_likelihood, elbo_terms, gaussian_kl,
+                      gaussian_log_likelihood, l_simple, l_t_weight, model_mean, model_variance,
+                      posterior_mean_var, predicted_x0, q_sample, q_step)
+from .nets import MLPDenoiser, UNet
+from .samplers import ddim_loop, ddim_step, ddim_timesteps, ddpm_loop, ddpm_step, sample
+from .schedules import NoiseSchedule
+from .train import EMA, diffusion_loss, fit, load_checkpoint, save_checkpoint, train
+
+__version__ = "0.1.0"
+__all__ = [
+    "default_device", "is_quick", "pick", "resolve_device", "seed_everything",
+    "call_eps", "eps_to_score", "eps_to_x0", "score_to_eps", "x0_to_eps",
+    "bits_per_dim", "discretized_gaussian_log_likelihood", "elbo_terms", "gaussian_kl",
+    "gaussian_log_likelihood", "l_simple", "l_t_weight", "model_mean", "model_variance",
+    "posterior_mean_var", "predicted_x0", "q_sample", "q_step",
+    "MLPDenoiser", "UNet",
+    "ddim_loop", "ddim_step", "ddim_timesteps", "ddpm_loop", "ddpm_step", "sample",
+    "NoiseSchedule",
+    "EMA", "diffusion_loss", "fit", "load_checkpoint", "save_checkpoint", "train",
+]

@@ -1,0 +1,7 @@
+"""Networks: time/class embeddings, an MLP eps-model for 2-D data, a small U-Net for images."""
+from .embeddings import ClassEmbedding, TimeEmbedding, check_timesteps, timestep_embedding
+from .mlp import MLPDenoiser
+from .unet import ResBlock, SelfAttention2d, UNet
+
+__all__ = ["ClassEmbedding", "TimeEmbedding", "check_timesteps", "timestep_embedding",
+           "MLPDenoiser", "UNet", "ResBlock", "SelfAttention2d"]

@@ -1,0 +1,162 @@
+r"""Chapter 2 — samplers that turn an eps-model into samples.
+
+* DDPM ancestral sampling (Ho et al. 2020, Alg. 2):
+  :math:`x_{t-1} = \frac{1}{\sqrt{\alpha_t}}\big(x_t - \frac{\beta_t}{\sqrt{1-\bar\alpha_t}}\varepsilon_\theta\big) + \sigma_t z`.
+* DDIM (Song, Meng & Ermon 2021, eq. 12), on a sub-sequence of steps τ:
+  :math:`x_{\tau_{i-1}} = \sqrt{\bar\alpha_{\tau_{i-1}}}\,\hat x_0 + \sqrt{1-\bar\alpha_{\tau_{i-1}}-\sigma^2}\,\varepsilon_\theta + \sigma z`,
+  :math:`\sigma = \eta\sqrt{\tfrac{1-\bar\alpha_{\tau_{i-1}}}{1-\bar\alpha_{\tau_i}}}\sqrt{1-\tfrac{\bar\alpha_{\tau_i}}{\bar\alpha_{\tau_{i-1}}}}`
+  (eq. 16); η = 0 is deterministic, η = 1 matches DDPM's variance.
+
+Each sampler comes as a *step* (pure function of x_t and ε) and a *loop* (a generator that yields
+``{"t", "x", "x0"}`` after every step, so a notebook can plot trajectories). :func:`sample` runs a
+loop to the end. Sampling never builds autograd graphs (``torch.no_grad``).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .config import resolve_device, show_progress
+from .eps import EpsModel, call_eps, eps_to_x0
+from .forward import model_mean, model_variance
+from .schedules import NoiseSchedule
+
+__all__ = ["ddpm_step", "ddim_step", "ddim_timesteps", "ddpm_loop", "ddim_loop", "sample", "METHODS", "SPACINGS"]
+
+METHODS = ("ddpm", "ddim")
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def _noise(x: Tensor, noise: Tensor | None, generator: torch.Generator | None) -> Tensor:
+    if noise is None:
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    if noise.shape != x.shape:
+        raise ValueError(f"noise must have the shape of x_t {tuple(x.shape)}, got {tuple(noise.shape)}")
+    return noise
+
+
+def ddpm_step(schedule: NoiseSchedule, x_t: Tensor, t: int, eps: Tensor, noise: Tensor | None = None,
+              generator: torch.Generator | None = None, variance: str = "fixed_small") -> Tensor:
+    """One ancestral step x_t -> x_{t-1} (DDPM Alg. 2, line 4). No noise is added at t = 0.
+
+    x_t, eps: (B, *shape); t: int in [0, T); variance: "fixed_small" (σ² = β̃_t) or "fixed_large" (σ² = β_t).
+    """
+    t = int(schedule.check_t(t))
+    mean = model_mean(schedule, x_t, t, eps)
+    if t == 0:
+        return mean
+    var = model_variance(schedule, t, x_t, variance)
+    return mean + var.sqrt() * _noise(x_t, noise, generator)
+
+
+def ddim_step(schedule: NoiseSchedule, x_t: Tensor, t: int, t_prev: int, eps: Tensor, eta: float = 0.0,
+              noise: Tensor | None = None, generator: torch.Generator | None = None,
+              final_alpha_bar: float = 1.0) -> Tensor:
+    """One DDIM step x_t -> x_{t_prev} (DDIM eq. 12). ``t_prev = -1`` means "to x_0", whose ᾱ is
+    ``final_alpha_bar`` (1.0, or ᾱ at index 0: diffusers' ``set_alpha_to_one=False``).
+
+    x_t, eps: (B, *shape); t > t_prev; eta ≥ 0.
+    """
+    t = int(schedule.check_t(t))
+    if not -1 <= t_prev < t:
+        raise ValueError(f"t_prev must satisfy -1 <= t_prev < t={t}, got {t_prev}")
+    if not eta >= 0:
+        raise ValueError(f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM-like), got {eta}")
+    ab = float(schedule.alpha_bar[t])
+    ab_prev = float(schedule.alpha_bar[t_prev]) if t_prev >= 0 else final_alpha_bar
+    x0 = eps_to_x0(x_t, eps, ab)
+    sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
+    x_prev = ab_prev**0.5 * x0 + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * eps
+    return x_prev + sigma * _noise(x_t, noise, generator) if sigma > 0 else x_prev
+
+
+def ddim_timesteps(T: int, steps: int, spacing: str = "leading", steps_offset: int = 0) -> list[int]:
+    """The descending sub-sequence τ of step indices DDIM visits, as diffusers' ``DDIMScheduler``
+    builds it for ``timestep_spacing`` in {"leading", "trailing", "linspace"}."""
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be in [1, T]=[1, {T}], got {steps}")
+    if spacing == "leading":
+        ts = torch.arange(steps) * (T // steps) + steps_offset
+    elif spacing == "trailing":
+        ts = torch.round(torch.arange(T, 0, -T / steps, dtype=torch.float64)).long() - 1
+    elif spacing == "linspace":
+        ts = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long()
+    else:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    ts = sorted({int(v) for v in ts}, reverse=True)
+    if ts[0] >= T or ts[-1] < 0:
+        raise ValueError(f"steps_offset={steps_offset} pushes timesteps outside [0, {T})")
+    return ts
+
+
+def _start(eps_model: EpsModel, schedule: NoiseSchedule, x_T: Tensor) -> None:
+    schedule.check_model(eps_model)
+    if x_T.ndim < 2:
+        raise ValueError(f"x_T must be batched, shape (B, *shape), got {tuple(x_T.shape)}")
+
+
+@torch.no_grad()
+def ddpm_loop(eps_model: EpsModel, schedule: NoiseSchedule, x_T: Tensor, cond: Any = None,
+              generator: torch.Generator | None = None, variance: str = "fixed_small",
+              progress: bool = True) -> Iterator[dict[str, Any]]:
+    """DDPM ancestral sampling from x_T: (B, *shape); yields ``{"t": int, "x": x_{t-1}, "x0": x̂_0}``
+    for t = T−1 … 0 (T model calls)."""
+    _start(eps_model, schedule, x_T)
+    x = x_T
+    for t in tqdm(range(schedule.T - 1, -1, -1), desc="DDPM", disable=not show_progress(progress), leave=False):
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        eps = call_eps(eps_model, x, t_batch, cond)
+        x0 = eps_to_x0(x, eps, float(schedule.alpha_bar[t]))
+        x = ddpm_step(schedule, x, t, eps, generator=generator, variance=variance)
+        yield {"t": t, "x": x, "x0": x0}
+
+
+@torch.no_grad()
+def ddim_loop(eps_model: EpsModel, schedule: NoiseSchedule, x_T: Tensor, steps: int = 50, eta: float = 0.0,
+              cond: Any = None, generator: torch.Generator | None = None, spacing: str = "leading",
+              final_alpha_bar: float = 1.0, progress: bool = True) -> Iterator[dict[str, Any]]:
+    """DDIM sampling with ``steps`` model calls; yields ``{"t", "x": x_{t_prev}, "x0"}`` per step."""
+    _start(eps_model, schedule, x_T)
+    ts = ddim_timesteps(schedule.T, steps, spacing)
+    x = x_T
+    for t, t_prev in tqdm(list(zip(ts, ts[1:] + [-1])), desc="DDIM", disable=not show_progress(progress), leave=False):
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+        eps = call_eps(eps_model, x, t_batch, cond)
+        x0 = eps_to_x0(x, eps, float(schedule.alpha_bar[t]))
+        x = ddim_step(schedule, x, t, t_prev, eps, eta, generator=generator, final_alpha_bar=final_alpha_bar)
+        yield {"t": t, "x": x, "x0": x0}
+
+
+def sample(eps_model: EpsModel, schedule: NoiseSchedule, shape: tuple[int, ...], method: str = "ddpm",
+           steps: int | None = None, eta: float = 0.0, cond: Any = None,
+           generator: torch.Generator | None = None, device: str | torch.device | None = None,
+           x_T: Tensor | None = None, return_trajectory: bool = False, progress: bool = True,
+           **loop_kwargs: Any) -> Tensor | tuple[Tensor, list[Tensor]]:
+    """Draw samples of ``shape = (B, *data_shape)`` from an eps-model.
+
+    method: "ddpm" (T steps; ``steps`` must be None or T) or "ddim" (``steps`` model calls, default 50).
+    x_T: start noise (B, *shape); drawn from ``generator`` on the CPU when omitted, so the same seed
+    gives the same samples on every device. Returns x_0 (and the list of x after each step).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    dev = resolve_device(device)
+    if x_T is None:
+        x_T = torch.randn(tuple(shape), generator=generator).to(dev)
+    elif tuple(x_T.shape) != tuple(shape):
+        raise ValueError(f"x_T has shape {tuple(x_T.shape)} but shape={tuple(shape)}")
+    if method == "ddpm":
+        if steps not in (None, schedule.T):
+            raise ValueError(f"DDPM takes all T={schedule.T} steps; got steps={steps} (use method='ddim' for fewer)")
+        loop = ddpm_loop(eps_model, schedule, x_T, cond, generator, progress=progress, **loop_kwargs)
+    else:
+        loop = ddim_loop(eps_model, schedule, x_T, steps or 50, eta, cond, generator, progress=progress, **loop_kwargs)
+    x, trajectory = x_T, [x_T]
+    for state in loop:
+        x = state["x"]
+        if return_trajectory:
+            trajectory.append(x)
+    return (x, trajectory) if return_trajectory else x

@@ -1,0 +1,193 @@
+r"""Noise schedules β_1..β_T and the quantities derived from them (chapters 1–2).
+
+Conventions (DESIGN.md, "two clocks"): a schedule holds ``T`` steps; the step *index*
+``t ∈ [0, T)`` stored in tensors means the paper's step ``t + 1``. So ``betas[0]`` is Ho et al.'s
+β_1 and
+
+.. math:: \alpha_t = 1 - \beta_t, \qquad \bar\alpha_t = \prod_{s \le t} \alpha_s
+
+with ``alpha_bar[t]`` the product up to and including index ``t`` — the same as diffusers'
+``alphas_cumprod``, so its schedulers and the Stable Diffusion U-Net plug in unchanged.
+
+Everything is stored in float64 on the CPU (cumulative products over 1000 steps lose digits in
+float32) and cast to the dtype/device of the tensor it multiplies by :meth:`NoiseSchedule.gather`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+__all__ = ["NoiseSchedule"]
+
+
+class NoiseSchedule:
+    """A variance schedule ``betas: (T,)`` with every derived coefficient precomputed.
+
+    Build one with :meth:`linear`, :meth:`cosine`, :meth:`scaled_linear` or :meth:`from_diffusers`;
+    the constructor accepts any betas strictly inside (0, 1).
+    """
+
+    def __init__(self, betas: Tensor | list[float], name: str = "custom") -> None:
+        betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
+        if betas.ndim != 1 or betas.numel() < 1:
+            raise ValueError(f"betas must be a non-empty 1-D tensor (T,), got shape {tuple(betas.shape)}")
+        if not torch.isfinite(betas).all() or (betas <= 0).any() or (betas >= 1).any():
+            raise ValueError(
+                f"betas must lie strictly inside (0, 1); got min {betas.min().item():.3g}, "
+                f"max {betas.max().item():.3g}. Clip them (e.g. cosine clips at 0.999)."
+            )
+        self.name = name
+        self.betas = betas
+        self.alphas = 1.0 - betas
+        self.alpha_bar = torch.cumprod(self.alphas, dim=0)
+        # ᾱ_{t-1}, with ᾱ_0 = 1 for the first step (index 0 has no predecessor)
+        self.alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bar[:-1]])
+        # Posterior variance β̃_t = (1 - ᾱ_{t-1}) / (1 - ᾱ_t) · β_t   (Ho et al. 2020, eq. 7)
+        self.posterior_variance = (1.0 - self.alpha_bar_prev) / (1.0 - self.alpha_bar) * betas
+
+    # ----------------------------------------------------------------- constructors
+    @classmethod
+    def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> "NoiseSchedule":
+        """Ho et al. (2020), Sec. 4: β rises linearly from ``beta_start`` to ``beta_end``."""
+        _check_T(T)
+        _check_beta_range(beta_start, beta_end)
+        return cls(torch.linspace(beta_start, beta_end, T, dtype=torch.float64), name="linear")
+
+    @classmethod
+    def scaled_linear(cls, T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> "NoiseSchedule":
+        """Stable Diffusion's schedule: √β rises linearly (diffusers' ``scaled_linear``)."""
+        _check_T(T)
+        _check_beta_range(beta_start, beta_end)
+        root = torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), T, dtype=torch.float64)
+        return cls(root**2, name="scaled_linear")
+
+    @classmethod
+    def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> "NoiseSchedule":
+        r"""Nichol & Dhariwal (2021), eq. 17: :math:`\bar\alpha(u) = f(u)/f(0)`,
+        :math:`f(u) = \cos^2\!\big(\tfrac{u + s}{1 + s}\tfrac{\pi}{2}\big)`, u = t/T, and
+        β_t = 1 − ᾱ_t/ᾱ_{t−1} clipped at ``max_beta`` so the last steps stay finite.
+        """
+        _check_T(T)
+        if not 0 < max_beta < 1:
+            raise ValueError(f"max_beta must be in (0, 1), got {max_beta}")
+        u = torch.arange(T + 1, dtype=torch.float64) / T
+        f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+        betas = (1.0 - f[1:] / f[:-1]).clamp(max=max_beta)
+        return cls(betas, name="cosine")
+
+    @classmethod
+    def from_diffusers(cls, scheduler_or_config: Any) -> "NoiseSchedule":
+        """The schedule of a diffusers scheduler (or its ``config`` / a plain dict).
+
+        Supports ``beta_schedule`` in {"linear", "scaled_linear", "squaredcos_cap_v2"}, or
+        ``trained_betas``; raises ValueError for anything else rather than guessing.
+        """
+        if isinstance(getattr(scheduler_or_config, "betas", None), Tensor):
+            # a scheduler object: take its very betas (float32-rounded), not a recomputation
+            sched = scheduler_or_config
+            return cls(sched.betas, name=str(sched.config.get("beta_schedule", "diffusers")))
+        config = getattr(scheduler_or_config, "config", scheduler_or_config)
+        if not isinstance(config, Mapping):
+            raise TypeError(
+                "from_diffusers expects a diffusers scheduler, its .config or a dict, "
+                f"got {type(scheduler_or_config).__name__}"
+            )
+        T = int(config.get("num_train_timesteps", 1000))
+        if config.get("trained_betas") is not None:
+            return cls(torch.as_tensor(config["trained_betas"], dtype=torch.float64), name="trained")
+        kind = config.get("beta_schedule", "linear")
+        start, end = config.get("beta_start", 1e-4), config.get("beta_end", 0.02)
+        if kind == "linear":
+            return cls.linear(T, start, end)
+        if kind == "scaled_linear":
+            return cls.scaled_linear(T, start, end)
+        if kind == "squaredcos_cap_v2":
+            return cls.cosine(T)
+        raise ValueError(
+            f"beta_schedule={kind!r} is not supported; use 'linear', 'scaled_linear' or "
+            "'squaredcos_cap_v2' (or pass trained_betas)"
+        )
+
+    # ----------------------------------------------------------------- derived quantities
+    @property
+    def T(self) -> int:
+        """Number of diffusion steps."""
+        return self.betas.numel()
+
+    @property
+    def snr(self) -> Tensor:
+        """Signal-to-noise ratio ᾱ_t / (1 − ᾱ_t), shape (T,) (Kingma et al. 2021, eq. 2)."""
+        return self.alpha_bar / (1.0 - self.alpha_bar)
+
+    @property
+    def log_snr(self) -> Tensor:
+        """log SNR, shape (T,): the natural axis for comparing schedules."""
+        return torch.log(self.alpha_bar) - torch.log1p(-self.alpha_bar)
+
+    def check_t(self, t: Tensor | int, batch: int | None = None) -> Tensor:
+        """Validate step indices and return them as a long tensor.
+
+        t: int or (B,) integer tensor in [0, T). With ``batch`` given, an int or a 0-d tensor is
+        broadcast to (batch,), and a (B,) tensor must have B == batch.
+        """
+        if isinstance(t, bool) or (not isinstance(t, (int, Tensor))):
+            raise TypeError(f"t must be an int or an integer tensor of step indices, got {type(t).__name__}")
+        t = torch.as_tensor(t)
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(
+                f"t must hold integer step indices in [0, T)=[0, {self.T}), got dtype {t.dtype}; "
+                "continuous times t ∈ [0, 1] belong to minidiff.sde"
+            )
+        if t.ndim > 1:
+            raise ValueError(f"t must be a scalar or have shape (B,), got {tuple(t.shape)}")
+        if t.numel() and (t.min() < 0 or t.max() >= self.T):
+            raise ValueError(
+                f"t must be in [0, T)=[0, {self.T}), got min {int(t.min())} and max {int(t.max())}"
+            )
+        t = t.long()
+        if batch is not None:
+            if t.ndim == 0:
+                t = t.expand(batch)
+            elif t.shape[0] != batch:
+                raise ValueError(f"t has {t.shape[0]} entries but the batch has {batch}; give t shape (B,)")
+        return t
+
+    def gather(self, values: Tensor, t: Tensor | int, x: Tensor) -> Tensor:
+        """``values[t]`` reshaped to broadcast against ``x: (B, *shape)`` -> (B, 1, ..., 1).
+
+        Cast to ``x``'s dtype and device, so coefficients never silently upcast a float32 model.
+        """
+        t = self.check_t(t, batch=x.shape[0])
+        out = values[t.cpu()].to(device=x.device, dtype=x.dtype)
+        return out.reshape(-1, *([1] * (x.ndim - 1)))
+
+    def check_model(self, model: Any) -> None:
+        """Raise when a model declares a number of steps (``num_timesteps``) other than T."""
+        model_T = getattr(model, "num_timesteps", None)
+        if model_T is not None and int(model_T) != self.T:
+            raise ValueError(
+                f"the model was built for T={model_T} steps but the schedule has T={self.T}; "
+                "use the schedule the model was trained with"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly summary (used as part of cache keys and checkpoint metadata)."""
+        return {"name": self.name, "T": self.T, "betas_sum": round(float(self.betas.sum()), 10)}
+
+    def __repr__(self) -> str:
+        b = self.betas
+        return f"NoiseSchedule({self.name}, T={self.T}, beta=[{b[0]:.2e} … {b[-1]:.2e}], alpha_bar_T={self.alpha_bar[-1]:.2e})"
+
+
+def _check_T(T: int) -> None:
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f"T (number of steps) must be a positive int, got {T!r}")
+
+
+def _check_beta_range(beta_start: float, beta_end: float) -> None:
+    for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+        if not 0 < value < 1:
+            raise ValueError(f"{name} must be in (0, 1), got {value}")
