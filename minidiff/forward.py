@@ -111,7 +111,8 @@ def gaussian_kl(mean1: Tensor, var1: Tensor, mean2: Tensor, var2: Tensor) -> Ten
     KL = ½ [log(var2/var1) + (var1 + (mean1 − mean2)²)/var2 − 1].
     """
     var1, var2 = torch.as_tensor(var1, dtype=mean1.dtype), torch.as_tensor(var2, dtype=mean1.dtype)
-    return 0.5 * (torch.log(var2) - torch.log(var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1.0)
+    d = var1 / var2 - 1.0  # r − 1 − log r written as d − log1p(d): no cancellation when r ≈ 1
+    return 0.5 * (d - torch.log1p(d) + (mean1 - mean2) ** 2 / var2)
 
 
 def gaussian_log_likelihood(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
