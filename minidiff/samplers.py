@@ -103,7 +103,10 @@ def ddpm_loop(eps_model: EpsModel, schedule: NoiseSchedule, x_T: Tensor, cond: A
               generator: torch.Generator | None = None, variance: str = "fixed_small",
               progress: bool = True) -> Iterator[dict[str, Any]]:
     """DDPM ancestral sampling from x_T: (B, *shape); yields ``{"t": int, "x": x_{t-1}, "x0": x̂_0}``
-    for t = T−1 … 0 (T model calls)."""
+    for t = T−1 … 0 (T model calls).
+
+    Like Alg. 2, the last step adds no noise: samples are the decoder's *mean* μ_θ(x_1, 1), not draws
+    from the decoder p_θ(x_0|x_1) that the ELBO scores."""
     _start(eps_model, schedule, x_T)
     x = x_T
     for t in tqdm(range(schedule.T - 1, -1, -1), desc="DDPM", disable=not show_progress(progress), leave=False):
