@@ -2,8 +2,8 @@
 """Sampler speed and agreement: minidiff's DDPM / DDIM loops against diffusers' schedulers.
 
 Both sides sample the SAME eps-model (a small U-Net or the 2-D MLP with fixed, seeded random
-weights, plus the exact eps of N(0, I) data so that samples stay bounded) from the SAME x_T, with the same noise: each DDPM run gets a CPU ``torch.Generator``
-seeded identically, and both minidiff's ``ddpm_step`` and diffusers' ``DDPMScheduler.step`` draw
+weights, plus the exact eps of N(0, I) data so that samples stay bounded) from the SAME x_T,
+with the same noise: each DDPM run gets a CPU ``torch.Generator`` seeded identically, and both minidiff's ``ddpm_step`` and diffusers' ``DDPMScheduler.step`` draw
 one ``torch.randn(x.shape, generator=g)`` per step for t > 0, in the same order. DDIM runs with
 η = 0, so it draws no noise at all. The diffusers side is a hand-written loop over
 ``scheduler.step`` (what ``DDPMPipeline`` / ``DDIMPipeline`` do, minus the image post-processing),
@@ -24,6 +24,7 @@ faster. Model time is identical on both sides, so the difference is sampler over
 
     python benchmarks/bench_samplers.py                      # defaults: U-Net, batch 16, best of 3
     python benchmarks/bench_samplers.py --model mlp --batch 256 --repeats 5
+    python benchmarks/bench_samplers.py --model none         # no network: pure per-step overhead
     python benchmarks/bench_samplers.py --device cuda        # on a GPU (timings synchronise)
     python benchmarks/bench_samplers.py --profile            # cProfile of one minidiff DDPM run
 """
@@ -41,7 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from diffusers import DDIMScheduler, DDPMScheduler
-from minidiff import MLPDenoiser, NoiseSchedule, UNet, ddim_loop, ddpm_loop, resolve_device
+from minidiff import MLPDenoiser, NoiseSchedule, UNet, ddim_loop, ddpm_loop, pick, resolve_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50); DDPM always takes all T steps")
     p.add_argument("--T", type=int, default=1000, help="training steps of the schedule, i.e. DDPM's steps (default 1000)")
     p.add_argument("--batch", type=int, default=16, help="samples per run (default 16)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per implementation; the best is reported (default 3)")
+    p.add_argument("--repeats", type=int, default=pick(1, 3),
+                   help="timed runs per implementation; the best is reported (default 3; 1 with MINIDIFF_QUICK=1)")
     p.add_argument("--device", default="cpu", help="'cpu' (default), 'cuda', 'cuda:1', 'mps'")
     p.add_argument("--model", choices=("unet", "mlp", "none"), default="unet",
                    help="eps-model: 'unet' (8x8 U-Net, base 16 channels), 'mlp' (2-D MLPDenoiser) or 'none' "
