@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .config import resolve_device, show_progress
-from .eps import EpsModel, call_eps, eps_to_x0
+from .eps import EpsModel, call_eps, eps_to_x0, x0_to_eps
 from .forward import model_mean, model_variance
 from .schedules import NoiseSchedule
 
@@ -38,13 +39,28 @@ def _noise(x: Tensor, noise: Tensor | None, generator: torch.Generator | None) -
     return noise
 
 
+def _clip(x0: Tensor, clip_x0: float | None) -> Tensor:
+    if clip_x0 is None:
+        return x0
+    if not clip_x0 > 0:
+        raise ValueError(f"clip_x0 must be a positive bound (e.g. 1.0 for data in [-1, 1]) or None, got {clip_x0}")
+    return x0.clamp(-clip_x0, clip_x0)
+
+
 def ddpm_step(schedule: NoiseSchedule, x_t: Tensor, t: int, eps: Tensor, noise: Tensor | None = None,
-              generator: torch.Generator | None = None, variance: str = "fixed_small") -> Tensor:
+              generator: torch.Generator | None = None, variance: str = "fixed_small",
+              clip_x0: float | None = None) -> Tensor:
     """One ancestral step x_t -> x_{t-1} (DDPM Alg. 2, line 4). No noise is added at t = 0.
 
     x_t, eps: (B, *shape); t: int in [0, T); variance: "fixed_small" (σ² = β̃_t) or "fixed_large" (σ² = β_t).
+    clip_x0: if given, x̂_0 is clamped to [−clip_x0, clip_x0] and the mean is the posterior mean
+    μ̃_t(x_t, x̂_0) (eq. 7) — Ho et al.'s released sampler and diffusers' ``clip_sample=True``.
     """
     t = int(schedule.check_t(t))
+    if clip_x0 is not None:
+        # μ_θ in ε form (eq. 11) *is* μ̃_t(x_t, x̂_0(ε)), so clipping x̂_0 = re-deriving ε from it
+        ab = float(schedule.alpha_bar[t])
+        eps = x0_to_eps(x_t, _clip(eps_to_x0(x_t, eps, ab), clip_x0), ab)
     mean = model_mean(schedule, x_t, t, eps)
     if t == 0:
         return mean
@@ -54,11 +70,13 @@ def ddpm_step(schedule: NoiseSchedule, x_t: Tensor, t: int, eps: Tensor, noise: 
 
 def ddim_step(schedule: NoiseSchedule, x_t: Tensor, t: int, t_prev: int, eps: Tensor, eta: float = 0.0,
               noise: Tensor | None = None, generator: torch.Generator | None = None,
-              final_alpha_bar: float = 1.0) -> Tensor:
+              final_alpha_bar: float = 1.0, clip_x0: float | None = None) -> Tensor:
     """One DDIM step x_t -> x_{t_prev} (DDIM eq. 12). ``t_prev = -1`` means "to x_0", whose ᾱ is
     ``final_alpha_bar`` (1.0, or ᾱ at index 0: diffusers' ``set_alpha_to_one=False``).
 
-    x_t, eps: (B, *shape); t > t_prev; eta ≥ 0.
+    x_t, eps: (B, *shape); t > t_prev; eta ≥ 0. clip_x0: clamp x̂_0 to [−clip_x0, clip_x0] and keep the
+    model's ε for the direction term (diffusers' ``clip_sample=True`` with its default
+    ``use_clipped_model_output=False``).
     """
     t = int(schedule.check_t(t))
     if not -1 <= t_prev < t:
@@ -67,7 +85,7 @@ def ddim_step(schedule: NoiseSchedule, x_t: Tensor, t: int, t_prev: int, eps: Te
         raise ValueError(f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM-like), got {eta}")
     ab = float(schedule.alpha_bar[t])
     ab_prev = float(schedule.alpha_bar[t_prev]) if t_prev >= 0 else final_alpha_bar
-    x0 = eps_to_x0(x_t, eps, ab)
+    x0 = _clip(eps_to_x0(x_t, eps, ab), clip_x0)
     sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
     x_prev = ab_prev**0.5 * x0 + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * eps
     return x_prev + sigma * _noise(x_t, noise, generator) if sigma > 0 else x_prev
@@ -81,7 +99,9 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "leading", steps_offset: i
     if spacing == "leading":
         ts = torch.arange(steps) * (T // steps) + steps_offset
     elif spacing == "trailing":
-        ts = torch.round(torch.arange(T, 0, -T / steps, dtype=torch.float64)).long() - 1
+        # diffusers' exact float arithmetic (its rounding ties depend on it), cut to `steps` entries:
+        # for some (T, steps), e.g. (1000, 61), the float arange overshoots and diffusers appends a -1
+        ts = torch.from_numpy(np.round(np.arange(T, 0, -T / steps))[:steps].astype(np.int64) - 1)
     elif spacing == "linspace":
         ts = torch.linspace(0, T - 1, steps, dtype=torch.float64).round().long()
     else:
@@ -98,38 +118,62 @@ def _start(eps_model: EpsModel, schedule: NoiseSchedule, x_T: Tensor) -> None:
         raise ValueError(f"x_T must be batched, shape (B, *shape), got {tuple(x_T.shape)}")
 
 
+def _check_t_start(schedule: NoiseSchedule, t_start: int | None) -> int:
+    """The index the loop starts from: T − 1 (pure noise) unless ``t_start`` says x is a noised x_t."""
+    if t_start is None:
+        return schedule.T - 1
+    if not 0 <= t_start < schedule.T:
+        raise ValueError(f"t_start must be an index in [0, T)=[0, {schedule.T}) (x is x_{{t_start}}), got {t_start}")
+    return int(t_start)
+
+
+def _predict(eps_model: EpsModel, schedule: NoiseSchedule, x: Tensor, t: int, cond: Any,
+             clip_x0: float | None) -> tuple[Tensor, Tensor]:
+    """One model call at step ``t``: returns (ε_θ, x̂_0), x̂_0 clipped like the step will clip it."""
+    t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+    eps = call_eps(eps_model, x, t_batch, cond)
+    return eps, _clip(eps_to_x0(x, eps, float(schedule.alpha_bar[t])), clip_x0)
+
+
 @torch.no_grad()
 def ddpm_loop(eps_model: EpsModel, schedule: NoiseSchedule, x_T: Tensor, cond: Any = None,
               generator: torch.Generator | None = None, variance: str = "fixed_small",
+              clip_x0: float | None = None, t_start: int | None = None,
               progress: bool = True) -> Iterator[dict[str, Any]]:
     """DDPM ancestral sampling from x_T: (B, *shape); yields ``{"t": int, "x": x_{t-1}, "x0": x̂_0}``
-    for t = T−1 … 0 (T model calls).
+    for t = t_start … 0 (t_start + 1 model calls; t_start = T − 1 by default, i.e. x_T is pure noise;
+    a smaller t_start denoises a noised x_{t_start}, e.g. from :func:`minidiff.forward.q_sample`).
 
     Like Alg. 2, the last step adds no noise: samples are the decoder's *mean* μ_θ(x_1, 1), not draws
     from the decoder p_θ(x_0|x_1) that the ELBO scores."""
     _start(eps_model, schedule, x_T)
     x = x_T
-    for t in tqdm(range(schedule.T - 1, -1, -1), desc="DDPM", disable=not show_progress(progress), leave=False):
-        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        eps = call_eps(eps_model, x, t_batch, cond)
-        x0 = eps_to_x0(x, eps, float(schedule.alpha_bar[t]))
-        x = ddpm_step(schedule, x, t, eps, generator=generator, variance=variance)
+    for t in tqdm(range(_check_t_start(schedule, t_start), -1, -1), desc="DDPM",
+                  disable=not show_progress(progress), leave=False):
+        eps, x0 = _predict(eps_model, schedule, x, t, cond, clip_x0)
+        x = ddpm_step(schedule, x, t, eps, generator=generator, variance=variance, clip_x0=clip_x0)
         yield {"t": t, "x": x, "x0": x0}
 
 
 @torch.no_grad()
 def ddim_loop(eps_model: EpsModel, schedule: NoiseSchedule, x_T: Tensor, steps: int = 50, eta: float = 0.0,
               cond: Any = None, generator: torch.Generator | None = None, spacing: str = "leading",
-              final_alpha_bar: float = 1.0, progress: bool = True) -> Iterator[dict[str, Any]]:
-    """DDIM sampling with ``steps`` model calls; yields ``{"t", "x": x_{t_prev}, "x0"}`` per step."""
+              final_alpha_bar: float = 1.0, clip_x0: float | None = None, t_start: int | None = None,
+              progress: bool = True) -> Iterator[dict[str, Any]]:
+    """DDIM sampling with ``steps`` model calls; yields ``{"t", "x": x_{t_prev}, "x0"}`` per step.
+
+    t_start: x_T is a noised x_{t_start}; the loop visits t_start and then the sub-sequence's
+    indices below it (SDEdit / img2img), so it makes fewer than ``steps`` calls."""
     _start(eps_model, schedule, x_T)
     ts = ddim_timesteps(schedule.T, steps, spacing)
+    if t_start is not None:
+        t_start = _check_t_start(schedule, t_start)
+        ts = [t_start] + [t for t in ts if t < t_start]
     x = x_T
     for t, t_prev in tqdm(list(zip(ts, ts[1:] + [-1])), desc="DDIM", disable=not show_progress(progress), leave=False):
-        t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
-        eps = call_eps(eps_model, x, t_batch, cond)
-        x0 = eps_to_x0(x, eps, float(schedule.alpha_bar[t]))
-        x = ddim_step(schedule, x, t, t_prev, eps, eta, generator=generator, final_alpha_bar=final_alpha_bar)
+        eps, x0 = _predict(eps_model, schedule, x, t, cond, clip_x0)
+        x = ddim_step(schedule, x, t, t_prev, eps, eta, generator=generator, final_alpha_bar=final_alpha_bar,
+                      clip_x0=clip_x0)
         yield {"t": t, "x": x, "x0": x0}
 
 
@@ -143,6 +187,8 @@ def sample(eps_model: EpsModel, schedule: NoiseSchedule, shape: tuple[int, ...],
     method: "ddpm" (T steps; ``steps`` must be None or T) or "ddim" (``steps`` model calls, default 50).
     x_T: start noise (B, *shape); drawn from ``generator`` on the CPU when omitted, so the same seed
     gives the same samples on every device. Returns x_0 (and the list of x after each step).
+    loop_kwargs go to the loop: ``variance`` (DDPM), ``spacing`` and ``final_alpha_bar`` (DDIM),
+    ``clip_x0`` and ``t_start`` (both).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

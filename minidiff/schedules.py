@@ -69,6 +69,11 @@ class NoiseSchedule:
         r"""Nichol & Dhariwal (2021), eq. 17: :math:`\bar\alpha(u) = f(u)/f(0)`,
         :math:`f(u) = \cos^2\!\big(\tfrac{u + s}{1 + s}\tfrac{\pi}{2}\big)`, u = t/T, and
         β_t = 1 − ᾱ_t/ᾱ_{t−1} clipped at ``max_beta`` so the last steps stay finite.
+
+        The clip has a price a sampler pays: at the last index β = 0.999 and ᾱ ≈ 2.4e-9, so DDPM's
+        first step multiplies the ε-error by β/(√α √(1−ᾱ)) ≈ 31.6 (linear schedule: 0.02). A model
+        that is slightly wrong at t = T−1 throws a few samples far out; chapter 2 measures it, and
+        starting one step later (``t_start=T−2``) or ``clip_x0`` avoids it.
         """
         _check_T(T)
         if not 0 < max_beta < 1:

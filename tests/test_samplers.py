@@ -76,6 +76,22 @@ def test_ddim_timesteps_match_diffusers(spacing, steps):
     assert ddim_timesteps(1000, steps, spacing) == ref.timesteps.tolist()
 
 
+@pytest.mark.parametrize("T", [1000, 999, 50, 7])
+def test_trailing_timesteps_match_diffusers_for_every_step_count(T):
+    """Exactly `steps` distinct indices in [0, T), equal to diffusers' — rounding ties included.
+
+    For some (T, steps), e.g. (1000, 61), diffusers' float arange overshoots and it returns one
+    extra timestep -1; we return the `steps` it meant.
+    """
+    for steps in range(1, T + 1):
+        ours = ddim_timesteps(T, steps, "trailing")
+        ref = DDIMScheduler(num_train_timesteps=T, timestep_spacing="trailing")
+        ref.set_timesteps(steps)
+        expected = ref.timesteps.tolist()
+        assert len(ours) == steps and ours[0] == T - 1 and ours[-1] >= 0, (T, steps)
+        assert ours == expected[:steps] and expected[steps:] in ([], [-1]), (T, steps)
+
+
 def test_full_ddim_trajectory_matches_diffusers(generator):
     """A whole 20-step DDIM run with the exact ε* of a mixture equals diffusers' loop."""
     ref = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
@@ -89,6 +105,56 @@ def test_full_ddim_trajectory_matches_diffusers(generator):
         x = ref.step(model(x, t.expand(64)), t, x).prev_sample
     got = sample(model, ours, (64, 2), method="ddim", steps=20, x_T=x_T)
     assert (got - x).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("t", [999, 500, 30])
+def test_clipped_steps_match_diffusers_clip_sample(t, generator):
+    """clip_x0=1 equals diffusers' clip_sample=True (DDPM: posterior mean of the clipped x̂_0;
+    DDIM: clipped x̂_0 with the model's ε as direction)."""
+    x, eps = _inputs(generator)
+    x, eps = 3 * x, 3 * eps                      # big enough that x̂_0 leaves [-1, 1]
+    ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", variance_type="fixed_small",
+                        clip_sample=True, clip_sample_range=1.0)
+    ours = NoiseSchedule.from_diffusers(ref)
+    expected = ref.step(eps, t, x, generator=torch.Generator().manual_seed(7)).prev_sample
+    got = ddpm_step(ours, x, t, eps, generator=torch.Generator().manual_seed(7), clip_x0=1.0)
+    assert (got - expected).abs().max() < 1e-5
+    unclipped = ddpm_step(ours, x, t, eps, generator=torch.Generator().manual_seed(7))
+    assert (got - unclipped).abs().max() > 1e-3, "the test inputs must actually be clipped"
+    ref = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True, clip_sample_range=1.0,
+                        set_alpha_to_one=True, timestep_spacing="leading")
+    ref.set_timesteps(50)
+    t = int(ref.timesteps[(ref.timesteps - t).abs().argmin()])
+    expected = ref.step(eps, t, x).prev_sample
+    got = ddim_step(ours, x, t, max(t - 20, -1), eps, clip_x0=1.0)
+    assert (got - expected).abs().max() < 1e-5
+
+
+def test_clipped_loop_yields_clipped_x0(generator):
+    s = NoiseSchedule.linear(50)
+    model = lambda x, t: -3 * x                  # noqa: E731 — a deliberately bad eps-model
+    x_T = torch.randn(8, 2, generator=generator)
+    for loop in (ddpm_loop(model, s, x_T, clip_x0=1.0), ddim_loop(model, s, x_T, steps=5, clip_x0=1.0)):
+        states = list(loop)
+        assert all(st["x0"].abs().max() <= 1.0 for st in states)
+        assert states[-1]["x"].abs().max() <= 1.0 + 1e-5   # the last step returns x̂_0 (up to float32)
+
+
+def test_t_start_denoises_a_noised_input(generator):
+    """Starting from x_{t_start} = q_sample(x_0, t_start) with the exact ε*: the loop visits t_start … 0."""
+    s = NoiseSchedule.linear(100)
+    model = GaussianMixture.ring().optimal_eps_model(s)
+    x = torch.randn(8, 2, generator=generator)
+    states = list(ddpm_loop(model, s, x, t_start=10, generator=generator))
+    assert [st["t"] for st in states] == list(range(10, -1, -1))
+    states = list(ddim_loop(model, s, x, steps=10, t_start=35))
+    assert [st["t"] for st in states] == [35, 30, 20, 10, 0]
+    full = [st["t"] for st in ddim_loop(model, s, x, steps=10)]
+    assert full == [st["t"] for st in ddim_loop(model, s, x, steps=10, t_start=90)]
+    with pytest.raises(ValueError, match="t_start"):
+        next(ddpm_loop(model, s, x, t_start=100))
+    with pytest.raises(ValueError, match="clip_x0"):
+        ddpm_step(s, x, 5, x, clip_x0=0.0)
 
 
 def test_ddim_with_eta_one_has_ddpm_variance():
