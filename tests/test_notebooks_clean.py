@@ -10,21 +10,14 @@ records it.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
+from _notebooks import EACH_NOTEBOOK
 from strip_outputs import copy_checked_outputs, dirty_reasons, strip_notebook
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-EACH_NOTEBOOK = pytest.mark.parametrize(
-    "path",
-    NOTEBOOKS or [pytest.param(None, marks=pytest.mark.skip(reason="no notebooks/*.ipynb yet"))],
-    ids=lambda p: p.stem if p else "none",
-)
 NAME_RE = re.compile(r"^(?P<number>\d{2})_[a-z0-9]+(?:_[a-z0-9]+)*$")  # NN_slug
 TITLE_RE = re.compile(r"^# Chapter (?P<number>\d+)\b")
 

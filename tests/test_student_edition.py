@@ -6,22 +6,15 @@ student edition up to its first exercise and checks that the exercise stops it t
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
+from _notebooks import EACH_NOTEBOOK
 import student_edition as se
 from render_course import run_notebook
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-EACH_NOTEBOOK = pytest.mark.parametrize(
-    "path",
-    NOTEBOOKS or [pytest.param(None, marks=pytest.mark.skip(reason="no notebooks/*.ipynb yet"))],
-    ids=lambda p: p.stem if p else "none",
-)
 
 
 def exercise(source: str) -> nbformat.NotebookNode:
