@@ -20,7 +20,8 @@ from .cache import load_or_train
 from .data.digits import digits
 from .train import fit
 
-__all__ = ["mmd", "frechet_distance", "DigitClassifier", "digit_classifier", "digit_metrics", "classifier_accuracy"]
+__all__ = ["mmd", "frechet_distance", "DigitClassifier", "digit_classifier", "digit_metrics", "classifier_accuracy",
+           "precision_recall"]
 
 
 def mmd(x: Tensor, y: Tensor, bandwidths: tuple[float, ...] | None = None) -> float:
@@ -133,3 +134,28 @@ def digit_metrics(samples: Tensor, classifier: DigitClassifier, reference: Tenso
 
 
 MAX_CLASS_ENTROPY = math.log(10)
+
+
+def precision_recall(real_feats: Tensor, fake_feats: Tensor, k: int = 3) -> dict[str, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019, eqs. 1–2): k-NN manifold estimates.
+
+    Each set's manifold is the union of balls around its points, each ball's radius the distance
+    to that point's k-th nearest neighbour in its own set. **precision** = share of fake samples
+    inside the real manifold (fidelity); **recall** = share of real samples inside the fake
+    manifold (diversity). real_feats: (N, F), fake_feats: (M, F), e.g. digit-classifier features;
+    k < min(N, M). Returns ``{"precision", "recall"}`` in [0, 1].
+    """
+    if real_feats.ndim != 2 or fake_feats.ndim != 2 or real_feats.shape[1] != fake_feats.shape[1]:
+        raise ValueError(f"features must be (N, F) and (M, F), got {tuple(real_feats.shape)}, {tuple(fake_feats.shape)}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < min(len(real_feats), len(fake_feats)):
+        raise ValueError(f"k must be an int in [1, min(N, M)) = [1, {min(len(real_feats), len(fake_feats))}), got {k!r}")
+    real, fake = real_feats.double(), fake_feats.double()
+
+    def radii(x: Tensor) -> Tensor:
+        # k-th smallest distance excluding the point itself (the 0 on the diagonal is the 1st)
+        return torch.cdist(x, x).kthvalue(k + 1, dim=1).values
+
+    def coverage(points: Tensor, centres: Tensor, r: Tensor) -> float:
+        return float((torch.cdist(points, centres) <= r[None, :]).any(dim=1).double().mean())
+
+    return {"precision": coverage(fake, real, radii(real)), "recall": coverage(real, fake, radii(fake))}

@@ -5,3 +5,5 @@ from .unet import ResBlock, SelfAttention2d, UNet
 
 __all__ = ["ClassEmbedding", "TimeEmbedding", "check_timesteps", "timestep_embedding",
            "MLPDenoiser", "UNet", "ResBlock", "SelfAttention2d"]
+from .classifier import NoisyClassifier2D, NoisyDigitClassifier  # chapter 4: classifiers on noisy inputs
+__all__ += ["NoisyClassifier2D", "NoisyDigitClassifier"]

@@ -1,0 +1,341 @@
+"""Chapter 4 guidance: the CFG combination, condition dropout, classifier guidance on analytic
+cases, the eps-model contract under every sampler, and bad inputs."""
+import math
+
+import pytest
+import torch
+
+import minidiff
+
+from minidiff import MLPDenoiser, NoiseSchedule, UNet, ddim_loop, ddpm_loop, diffusion_loss, fit, sample
+from minidiff.data import GaussianMixture
+from minidiff.eps import eps_to_x0
+from minidiff.guidance import (ClassifierFreeGuidance, ClassifierGuidance, MixtureConditionalEps, MixturePosterior,
+                               cfg_combine, check_guidance_scale, classifier_loss)
+from minidiff.nets import NoisyClassifier2D
+
+T = 50
+
+
+@pytest.fixture
+def schedule():
+    return NoiseSchedule.linear(T, beta_start=1e-3, beta_end=0.2)
+
+
+@pytest.fixture
+def gmm():
+    return GaussianMixture.isotropic([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]], [0.5, 0.3, 0.7], [0.5, 0.3, 0.2])
+
+
+class Recorder(torch.nn.Module):
+    """A conditional eps-model with a null token that records every call (batch size, cond)."""
+
+    num_timesteps = T
+
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.class_embed = torch.nn.Module()
+        self.class_embed.null_label = num_classes
+        self.num_classes = num_classes
+        self.calls = []
+
+    def forward(self, x, t, cond=None):
+        self.calls.append((x.shape[0], None if cond is None else cond.clone()))
+        # depends on x, t and the label, so the two halves differ
+        return torch.sin(x * (1 + cond.float()[:, None])) + 0.01 * t.float()[:, None]
+
+
+# ------------------------------------------------------------------------------ CFG combination
+
+
+def test_cfg_combination_and_diffusers_convention(generator):
+    ec, eu = torch.randn(2, 4, 3, generator=generator, dtype=torch.float64)
+    for w in (0.0, 0.5, 1.0, 4.0):
+        out = cfg_combine(ec, eu, w)
+        torch.testing.assert_close(out, (1 + w) * ec - w * eu)          # Ho & Salimans eq. 6
+        g = 1 + w                                                        # diffusers' guidance_scale
+        torch.testing.assert_close(out, eu + g * (ec - eu))              # StableDiffusionPipeline's formula
+    torch.testing.assert_close(cfg_combine(ec, eu, 0.0), ec)             # w = 0: the conditional model
+    with pytest.raises(ValueError, match="same shape"):
+        cfg_combine(ec, eu[:, :2], 1.0)
+
+
+def test_cfg_is_one_batched_pass(generator):
+    model = Recorder()
+    x, t = torch.randn(5, 2, generator=generator), torch.full((5,), 7)
+    y = torch.tensor([0, 1, 2, 1, 0])
+    cfg = ClassifierFreeGuidance(model, w=2.0)
+    out = cfg(x, t, y)
+    assert len(model.calls) == 1 and model.calls[0][0] == 10
+    assert torch.equal(model.calls[0][1], torch.tensor([0, 1, 2, 1, 0, 3, 3, 3, 3, 3]))
+    ec, eu = model(x, t, y), model(x, t, torch.full((5,), 3))
+    torch.testing.assert_close(out, 3 * ec - 2 * eu)
+    # the diffusers constructor gives the same wrapper
+    torch.testing.assert_close(ClassifierFreeGuidance.from_guidance_scale(model, 3.0)(x, t, y), out)
+    assert cfg.guidance_scale == 3.0
+    # w = 0 calls the conditional branch only; an int label broadcasts
+    model.calls.clear()
+    torch.testing.assert_close(ClassifierFreeGuidance(model, 0.0)(x, t, 2), model(x, t, torch.full((5,), 2)))
+    assert model.calls[0][0] == 5
+
+
+def test_cfg_with_a_tensor_null_condition(generator):
+    """Embedding-valued conditions (chapter 10's text embeddings): the null condition is a tensor."""
+    calls = []
+
+    def model(x, t, cond):
+        calls.append(cond.shape)
+        return x * cond.mean(dim=(1, 2))[:, None]
+
+    x, t = torch.randn(3, 2, generator=generator), torch.zeros(3, dtype=torch.long)
+    cond, null = torch.randn(3, 4, 5, generator=generator), torch.zeros(1, 4, 5)
+    out = ClassifierFreeGuidance(model, 1.5, null_label=null)(x, t, cond)
+    torch.testing.assert_close(out, 2.5 * model(x, t, cond) - 1.5 * model(x, t, null.expand(3, 4, 5)))
+    assert calls[0] == (6, 4, 5)
+
+
+def test_null_token_dropout_rate_through_fit():
+    """Condition dropout (CFG Alg. 1, line 3) at p_uncond, seen by a model with a null token."""
+    seen = []
+
+    class Spy(Recorder):
+        def forward(self, x, t, cond=None):
+            seen.append(cond.clone())
+            return self.lin(x)
+
+    spy = Spy(num_classes=10)
+    spy.lin = torch.nn.Linear(2, 2)
+    y = torch.arange(4000) % 10
+    fit(spy, diffusion_loss(NoiseSchedule.linear(T), p_uncond=0.25, null_label=spy.class_embed.null_label),
+        (torch.zeros(4000, 2), y), steps=20, batch_size=500, seed=3)
+    labels = torch.cat(seen)
+    rate = (labels == 10).float().mean().item()
+    assert rate == pytest.approx(0.25, abs=3 * math.sqrt(0.25 * 0.75 / len(labels)))
+    assert labels.min() >= 0 and labels.max() <= 10
+
+
+# ------------------------------------------------------------------- classifier guidance, analytic
+
+
+def test_classifier_guidance_gradient_sign_and_scale(schedule, generator):
+    """Two classes N(±μ, I): the noised classes stay unit-variance, N(±√ᾱ μ, I), so
+    log p(y=1|x_t) = log σ(2√ᾱ μ·x_t) and ∇ log p(y=1|x_t) = 2√ᾱ μ (1 − σ(2√ᾱ μ·x_t))."""
+    mu = torch.tensor([1.5, -0.5], dtype=torch.float64)
+
+    def classifier(x, t):
+        a = schedule.alpha_bar[t].sqrt().to(x)[:, None] * (x @ mu)[:, None]
+        return torch.cat([-a, a], dim=1)                     # logits; softmax gives σ(±2√ᾱ μ·x)
+
+    zero = lambda x, t, cond=None: torch.zeros_like(x)       # isolate the guidance term
+    x = torch.randn(64, 2, generator=generator, dtype=torch.float64)
+    t = torch.randint(0, T, (64,), generator=generator)
+    y = torch.ones(64, dtype=torch.long)
+    ab = schedule.alpha_bar[t][:, None]
+    grad = 2 * ab.sqrt() * mu * (1 - torch.sigmoid(2 * ab.sqrt() * (x @ mu)[:, None]))
+    for s in (0.0, 0.5, 1.0, 3.0):
+        eps = ClassifierGuidance(zero, classifier, s, schedule)(x, t, y)
+        torch.testing.assert_close(eps, -s * (1 - ab).sqrt() * grad, rtol=1e-10, atol=1e-12)   # ADM eq. 14
+    # sign: guiding towards class 1 moves the predicted x0 along +μ, towards class 0 along −μ
+    g = ClassifierGuidance(zero, classifier, 2.0, schedule)
+    x0_to_1 = eps_to_x0(x, g(x, t, y), ab) - eps_to_x0(x, zero(x, t), ab)
+    x0_to_0 = eps_to_x0(x, g(x, t, 1 - y), ab) - eps_to_x0(x, zero(x, t), ab)
+    assert ((x0_to_1 @ mu) > 0).all() and ((x0_to_0 @ mu) < 0).all()
+
+
+def test_exact_mixture_identities(schedule, gmm, generator):
+    """∇log p_t(x|y) = ∇log p_t(x) + ∇log p_t(y|x): classifier guidance with the exact posterior and
+    s = 1 gives each component's own optimal eps; CFG with w equals classifier guidance with 1 + w."""
+    x = 2 * torch.randn(40, 2, generator=generator, dtype=torch.float64)
+    t = torch.randint(0, T, (40,), generator=generator)
+    y = torch.randint(0, 3, (40,), generator=generator)
+    uncond, post = gmm.optimal_eps_model(schedule), MixturePosterior(gmm, schedule)
+    cond = MixtureConditionalEps(gmm, schedule)
+    # each component as a one-component mixture: an independent construction of eps*(x | y)
+    single = torch.stack([GaussianMixture(gmm.means[k:k + 1], gmm.covs[k:k + 1], torch.ones(1))
+                          .optimal_eps_model(schedule)(x, t) for k in range(3)], 1)[torch.arange(40), y]
+    torch.testing.assert_close(cond(x, t, y), single, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(ClassifierGuidance(uncond, post, 1.0, schedule)(x, t, y), single, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(cond(x, t, torch.full((40,), 3)), uncond(x, t), rtol=1e-12, atol=1e-12)
+    # the posterior is normalised and agrees with GaussianMixture.posterior at each noise level
+    for step in (0, 20, T - 1):
+        m, c = gmm.noised(schedule.alpha_bar[step:step + 1])
+        ref = GaussianMixture(m[0], c[0], gmm.weights).posterior(x)
+        torch.testing.assert_close(post(x, torch.full((40,), step)).exp(), ref, rtol=1e-9, atol=1e-12)
+    for w in (0.0, 0.5, 2.0):
+        cfg = ClassifierFreeGuidance(cond, w)
+        torch.testing.assert_close(cfg(x, t, y), ClassifierGuidance(uncond, post, 1 + w, schedule)(x, t, y),
+                                   rtol=1e-9, atol=1e-9)
+        # classifier guidance on the *conditional* model with scale s is CFG with w = s
+        torch.testing.assert_close(ClassifierGuidance(cond, post, w, schedule, base_cond="label")(x, t, y),
+                                   cfg(x, t, y), rtol=1e-9, atol=1e-9)
+
+
+def test_guided_sampling_hits_the_class(schedule, gmm):
+    """DDPM with the exact eps* and exact posterior at s = 1 samples component y (its mean and std)."""
+    n = 3000
+    y = torch.full((n,), 1)
+    guided = ClassifierGuidance(gmm.optimal_eps_model(schedule), MixturePosterior(gmm, schedule), 1.0, schedule)
+    x = sample(guided, schedule, (n, 2), method="ddpm", cond=y, generator=torch.Generator().manual_seed(1), progress=False)
+    assert torch.allclose(x.mean(0), gmm.means[1].float(), atol=0.05)
+    assert torch.allclose(x.std(0), torch.tensor([0.3, 0.3]), atol=0.05)
+
+
+def test_classifier_guidance_leaves_no_gradients_and_runs_under_no_grad(schedule, generator):
+    torch.manual_seed(0)
+    clf = NoisyClassifier2D(num_classes=3, num_timesteps=T)
+    base = MLPDenoiser(num_timesteps=T)
+    g = ClassifierGuidance(base, clf, 2.0, schedule)
+    x = torch.randn(8, 2, generator=generator)
+    with torch.no_grad():
+        out = g(x, torch.full((8,), 10), torch.zeros(8, dtype=torch.long))
+    assert out.shape == x.shape and not out.requires_grad
+    assert all(p.grad is None for p in clf.parameters()) and all(p.grad is None for p in base.parameters())
+
+
+# ------------------------------------------------------------------------- contract with samplers
+
+
+def _wrappers(schedule):
+    torch.manual_seed(0)
+    cond_model = MLPDenoiser(num_timesteps=T, num_classes=3).eval()
+    uncond_model = MLPDenoiser(num_timesteps=T).eval()
+    clf = NoisyClassifier2D(num_classes=3, num_timesteps=T).eval()
+    return {
+        "cfg": ClassifierFreeGuidance(cond_model, 2.0),
+        "cg-unconditional": ClassifierGuidance(uncond_model, clf, 2.0, schedule),
+        "cg-conditional": ClassifierGuidance(cond_model, clf, 1.0, schedule),
+        "cg-null": ClassifierGuidance(cond_model, clf, 1.0, schedule, base_cond="null"),
+        # composition is function composition: classifier guidance on top of a CFG-guided model
+        "cg-of-cfg": ClassifierGuidance(ClassifierFreeGuidance(cond_model, 1.0), clf, 1.0, schedule, base_cond="label"),
+    }
+
+
+@pytest.mark.parametrize("method, kwargs", [("ddpm", {}), ("ddim", {"steps": 10}), ("ddim", {"steps": 10, "eta": 1.0})],
+                         ids=["ddpm", "ddim", "ddim-eta1"])
+@pytest.mark.parametrize("name", ["cfg", "cg-unconditional", "cg-conditional", "cg-null", "cg-of-cfg"])
+def test_wrappers_keep_the_contract_with_every_sampler(schedule, method, kwargs, name):
+    model = _wrappers(schedule)[name]
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    runs = [sample(model, schedule, (6, 2), method=method, cond=y, generator=torch.Generator().manual_seed(5),
+                   progress=False, **kwargs) for _ in range(2)]
+    assert runs[0].shape == (6, 2) and torch.isfinite(runs[0]).all()
+    assert torch.equal(runs[0], runs[1])
+    loop = ddpm_loop(model, schedule, torch.randn(6, 2), cond=y, progress=False) if method == "ddpm" else \
+        ddim_loop(model, schedule, torch.randn(6, 2), steps=5, cond=y, progress=False)
+    assert all(state["x"].shape == (6, 2) for state in loop)
+
+
+def test_zero_guidance_is_the_base_model(schedule):
+    torch.manual_seed(0)
+    cond_model = MLPDenoiser(num_timesteps=T, num_classes=3).eval()
+    clf = NoisyClassifier2D(num_classes=3, num_timesteps=T).eval()
+    y, x_T = torch.tensor([0, 1, 2, 2]), torch.randn(4, 2, generator=torch.Generator().manual_seed(2))
+    base = sample(cond_model, schedule, (4, 2), method="ddim", steps=10, cond=y, x_T=x_T, progress=False)
+    for wrapped in (ClassifierFreeGuidance(cond_model, 0.0), ClassifierGuidance(cond_model, clf, 0.0, schedule)):
+        torch.testing.assert_close(sample(wrapped, schedule, (4, 2), method="ddim", steps=10, cond=y, x_T=x_T,
+                                          progress=False), base)
+
+
+def test_classifier_loss_trains_a_noisy_classifier(schedule, gmm):
+    x, y = gmm.sample(2000, torch.Generator().manual_seed(0), return_labels=True)
+    torch.manual_seed(0)
+    clf = NoisyClassifier2D(num_classes=3, num_timesteps=T, width=64, depth=2)
+    losses = fit(clf, classifier_loss(schedule), (x, y), steps=150, batch_size=256, lr=3e-3, seed=0, progress=False)
+    post = MixturePosterior(gmm, schedule)
+    gen = torch.Generator().manual_seed(1)
+    t = torch.randint(0, T, (2000,), generator=gen)
+    x_t = minidiff.q_sample(schedule, x, t, generator=gen)
+    with torch.no_grad():
+        ce_trained = torch.nn.functional.cross_entropy(clf(x_t, t), y).item()
+        ce_bayes = torch.nn.functional.nll_loss(post(x_t, t), y).item()   # the exact posterior: the floor
+        agree = (clf(x, torch.full((2000,), 2)).argmax(1) == post(x, torch.full((2000,), 2)).argmax(1)).float().mean()
+    assert sum(losses[-20:]) / 20 < sum(losses[:5]) / 5
+    assert ce_bayes < ce_trained < ce_bayes + 0.05, (ce_trained, ce_bayes)
+    assert agree > 0.95
+    with pytest.raises(ValueError, match="labelled data"):
+        classifier_loss(schedule)(clf, x, torch.Generator())
+
+
+# ------------------------------------------------------------------------------------ bad inputs
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -0.5, float("inf"), "2", None, True])
+def test_bad_guidance_weights_name_the_argument(schedule, bad):
+    model, clf = Recorder(), NoisyClassifier2D(num_classes=3, num_timesteps=T)
+    with pytest.raises(ValueError, match=r"^w must"):
+        ClassifierFreeGuidance(model, bad)
+    with pytest.raises(ValueError, match=r"^scale must"):
+        ClassifierGuidance(model, clf, bad, schedule)
+    with pytest.raises(ValueError, match=r"^guidance_scale must"):
+        ClassifierFreeGuidance.from_guidance_scale(model, bad)
+    with pytest.raises(ValueError, match="w must"):
+        cfg_combine(torch.zeros(2), torch.zeros(2), bad)
+
+
+def test_guidance_scale_below_one_and_valid_scales():
+    with pytest.raises(ValueError, match="guidance_scale g = 1 \\+ w must be >= 1"):
+        ClassifierFreeGuidance.from_guidance_scale(Recorder(), 0.5)
+    assert check_guidance_scale(0, "w") == 0.0 and check_guidance_scale(torch.tensor(2.5), "w") == 2.5
+
+
+def test_cfg_needs_a_null_token_and_a_condition(schedule, generator):
+    with pytest.raises(ValueError, match="null condition"):
+        ClassifierFreeGuidance(MLPDenoiser(num_timesteps=T), 1.0)          # unconditional: no null token
+    with pytest.raises(ValueError, match="null condition"):
+        ClassifierFreeGuidance(lambda x, t, cond=None: x, 1.0)
+    cfg = ClassifierFreeGuidance(MLPDenoiser(num_timesteps=T, num_classes=3), 1.0)
+    x, t = torch.randn(4, 2, generator=generator), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="needs a condition"):
+        cfg(x, t)
+    with pytest.raises(ValueError, match="needs a condition"):
+        sample(cfg, schedule, (4, 2), method="ddim", steps=5, progress=False)
+    with pytest.raises(ValueError, match="integer class labels"):
+        cfg(x, t, torch.zeros(4))
+    with pytest.raises(ValueError, match=r"shape \(B,\)"):
+        cfg(x, t, torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("label", [-1, 4])
+def test_labels_out_of_range(schedule, generator, label):
+    torch.manual_seed(0)
+    model = MLPDenoiser(num_timesteps=T, num_classes=3)
+    clf = NoisyClassifier2D(num_classes=3, num_timesteps=T)
+    x, t = torch.randn(4, 2, generator=generator), torch.zeros(4, dtype=torch.long)
+    y = torch.tensor([0, 1, 2, label])
+    with pytest.raises(ValueError, match="class labels must be in"):
+        ClassifierFreeGuidance(model, 1.0)(x, t, y)                        # ClassEmbedding's check
+    with pytest.raises(ValueError, match=r"class labels must be in \[0, 3\)"):
+        ClassifierGuidance(MLPDenoiser(num_timesteps=T), clf, 1.0, schedule)(x, t, y)
+    with pytest.raises(ValueError, match="class labels must be in"):
+        sample(model, schedule, (4, 2), method="ddim", steps=5, cond=y, progress=False)
+    # the null label itself is not a class the classifier knows
+    with pytest.raises(ValueError, match=r"class labels must be in \[0, 3\)"):
+        ClassifierGuidance(MLPDenoiser(num_timesteps=T), clf, 1.0, schedule)(x, t, torch.full((4,), 3))
+
+
+def test_conditional_model_without_condition(schedule, generator):
+    model = MLPDenoiser(num_timesteps=T, num_classes=3)
+    with pytest.raises(ValueError, match="class-conditional: pass cond=labels"):
+        sample(model, schedule, (4, 2), method="ddim", steps=5, progress=False)
+    with pytest.raises(ValueError, match="class-conditional: pass cond=labels"):
+        sample(UNet(image_size=8, base_channels=8, num_timesteps=T, num_classes=10), schedule, (2, 1, 8, 8),
+               method="ddim", steps=2, progress=False)
+    clf = NoisyClassifier2D(num_classes=3, num_timesteps=T)
+    with pytest.raises(ValueError, match="classifier guidance needs the target class"):
+        ClassifierGuidance(model, clf, 1.0, schedule)(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="class-conditional"):
+        MixtureConditionalEps(GaussianMixture.ring(k=3), schedule)(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
+
+
+def test_classifier_guidance_construction_errors(schedule):
+    model, clf = MLPDenoiser(num_timesteps=T), NoisyClassifier2D(num_classes=3, num_timesteps=T)
+    with pytest.raises(TypeError, match="NoiseSchedule"):
+        ClassifierGuidance(model, clf, 1.0, schedule=None)
+    with pytest.raises(ValueError, match="base_cond must be one of"):
+        ClassifierGuidance(model, clf, 1.0, schedule, base_cond="maybe")
+    with pytest.raises(ValueError, match="null token"):
+        ClassifierGuidance(model, clf, 1.0, schedule, base_cond="null")
+    with pytest.raises(ValueError, match="built for T=1000"):
+        ClassifierGuidance(MLPDenoiser(num_timesteps=1000), clf, 1.0, schedule)
+    with pytest.raises(TypeError, match="callables"):
+        ClassifierGuidance(model, "classifier", 1.0, schedule)
