@@ -138,6 +138,10 @@ class NoiseSchedule:
         t: int or (B,) integer tensor in [0, T). With ``batch`` given, an int or a 0-d tensor is
         broadcast to (batch,), and a (B,) tensor must have B == batch.
         """
+        if isinstance(t, int) and not isinstance(t, bool) and batch is None:
+            if not 0 <= t < self.T:   # the samplers' per-step path: a Python int, no tensor reductions
+                raise ValueError(f"t must be in [0, T)=[0, {self.T}), got {t}")
+            return torch.tensor(t)
         if isinstance(t, bool) or (not isinstance(t, (int, Tensor))):
             raise TypeError(f"t must be an int or an integer tensor of step indices, got {type(t).__name__}")
         t = torch.as_tensor(t)
@@ -165,6 +169,9 @@ class NoiseSchedule:
 
         Cast to ``x``'s dtype and device, so coefficients never silently upcast a float32 model.
         """
+        if isinstance(t, int) and not isinstance(t, bool):      # one step for the whole batch
+            out = values[int(self.check_t(t))].to(device=x.device, dtype=x.dtype)
+            return out.expand(x.shape[0], *([1] * (x.ndim - 1)))
         t = self.check_t(t, batch=x.shape[0])
         out = values[t.cpu()].to(device=x.device, dtype=x.dtype)
         return out.reshape(-1, *([1] * (x.ndim - 1)))
