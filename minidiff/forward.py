@@ -37,8 +37,11 @@ __all__ = [
 VARIANCE_KINDS = ("fixed_small", "fixed_large")
 
 
-def _noise_like(x: Tensor, noise: Tensor | None, generator: torch.Generator | None) -> Tensor:
-    """Use the given noise (checked) or draw N(0, I) on the CPU generator, then move to x's device."""
+def noise_like(x: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """The given noise (checked to have x's shape) or a fresh N(0, I) draw shaped like x: (B, *shape).
+
+    Drawn on the CPU ``generator`` and then moved to x's device, so a seed gives the same noise on
+    every device. Every sampler draws its noise here."""
     if noise is not None:
         if noise.shape != x.shape:
             raise ValueError(f"noise must have the shape of x {tuple(x.shape)}, got {tuple(noise.shape)}")
@@ -52,7 +55,7 @@ def q_sample(schedule: NoiseSchedule, x0: Tensor, t: Tensor | int, noise: Tensor
 
     x0: (B, *shape); t: int or (B,) in [0, T); noise: (B, *shape) or None -> (B, *shape).
     """
-    noise = _noise_like(x0, noise, generator)
+    noise = noise_like(x0, noise, generator)
     ab = schedule.gather(schedule.alpha_bar, t, x0)
     return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
@@ -63,7 +66,7 @@ def q_step(schedule: NoiseSchedule, x_prev: Tensor, t: Tensor | int, noise: Tens
 
     Iterating this from x_0 gives the same distribution as :func:`q_sample` ("merging Gaussians").
     """
-    noise = _noise_like(x_prev, noise, generator)
+    noise = noise_like(x_prev, noise, generator)
     a = schedule.gather(schedule.alphas, t, x_prev)
     return a.sqrt() * x_prev + (1 - a).sqrt() * noise
 
@@ -221,7 +224,7 @@ def l_simple(eps_model: EpsModel, schedule: NoiseSchedule, x0: Tensor, t: Tensor
     if t is None:
         t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator).to(x0.device)
     t = schedule.check_t(t, batch=x0.shape[0])
-    noise = _noise_like(x0, noise, generator)
+    noise = noise_like(x0, noise, generator)
     eps = call_eps(eps_model, q_sample(schedule, x0, t, noise), t, cond)
     return (noise - eps).pow(2).mean()
 

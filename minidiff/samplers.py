@@ -22,21 +22,13 @@ from tqdm.auto import tqdm
 
 from .config import resolve_device, show_progress
 from .eps import EpsModel, call_eps, eps_to_x0, x0_to_eps
-from .forward import model_mean, model_variance
+from .forward import model_mean, model_variance, noise_like
 from .schedules import NoiseSchedule
 
 __all__ = ["ddpm_step", "ddim_step", "ddim_timesteps", "ddpm_loop", "ddim_loop", "sample", "METHODS", "SPACINGS"]
 
 METHODS = ("ddpm", "ddim")
 SPACINGS = ("leading", "trailing", "linspace")
-
-
-def _noise(x: Tensor, noise: Tensor | None, generator: torch.Generator | None) -> Tensor:
-    if noise is None:
-        return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    if noise.shape != x.shape:
-        raise ValueError(f"noise must have the shape of x_t {tuple(x.shape)}, got {tuple(noise.shape)}")
-    return noise
 
 
 def _clip(x0: Tensor, clip_x0: float | None) -> Tensor:
@@ -65,7 +57,7 @@ def ddpm_step(schedule: NoiseSchedule, x_t: Tensor, t: int, eps: Tensor, noise: 
     if t == 0:
         return mean
     var = model_variance(schedule, t, x_t, variance)
-    return mean + var.sqrt() * _noise(x_t, noise, generator)
+    return mean + var.sqrt() * noise_like(x_t, noise, generator)
 
 
 def ddim_step(schedule: NoiseSchedule, x_t: Tensor, t: int, t_prev: int, eps: Tensor, eta: float = 0.0,
@@ -88,7 +80,7 @@ def ddim_step(schedule: NoiseSchedule, x_t: Tensor, t: int, t_prev: int, eps: Te
     x0 = _clip(eps_to_x0(x_t, eps, ab), clip_x0)
     sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
     x_prev = ab_prev**0.5 * x0 + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * eps
-    return x_prev + sigma * _noise(x_t, noise, generator) if sigma > 0 else x_prev
+    return x_prev + sigma * noise_like(x_t, noise, generator) if sigma > 0 else x_prev
 
 
 def ddim_timesteps(T: int, steps: int, spacing: str = "leading", steps_offset: int = 0) -> list[int]:
