@@ -445,7 +445,7 @@ def pc_loop(eps_model: EpsModel, sde: SDE, x_T: Tensor, steps: int = 500, *, pre
     bar = tqdm(range(steps), desc=f"PC {predictor}/{corrector}", disable=not show_progress(progress), leave=False)
     for k in bar:
         t, dt = grid[k], grid[k] - grid[k + 1]
-        t_b = torch.full((x.shape[0],), t)
+        t_b = torch.full((x.shape[0],), t, dtype=torch.float64)
         x_mean = x
         if corrector == "langevin":
             # α_i = 1 − β_i ≈ e^{−β(t) dt} for VP-type SDEs (Alg. 5; the exponential stays > 0 for big steps), 1 for VE (Alg. 4)
