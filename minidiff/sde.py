@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from .config import resolve_device, show_progress
 from .data.toys import GaussianMixture
 from .eps import EpsModel, call_eps, eps_to_score
+from .forward import noise_like
 from .schedules import NoiseSchedule
 from .train import Batch, LossFn
 
@@ -347,7 +348,7 @@ def dsm_loss(sde: SDE, weighting: str = "sigma2", t_eps: float = 1e-3) -> LossFn
     def loss_fn(model: nn.Module, batch: Batch, generator: torch.Generator) -> Tensor:
         x0, cond = (batch[0], batch[1]) if isinstance(batch, tuple) else (batch, None)
         t = t_eps + (1 - t_eps) * torch.rand(x0.shape[0], generator=generator)
-        noise = torch.randn(x0.shape, generator=generator).to(x0)
+        noise = noise_like(x0, generator=generator)
         mean, std = sde.marginal(x0, t)
         eps = call_eps(model, mean + std * noise, t.to(x0.device), cond)
         err = (noise - eps).pow(2).reshape(x0.shape[0], -1).mean(1)
@@ -363,14 +364,6 @@ PREDICTORS = ("euler_maruyama", "reverse_diffusion", "none")
 CORRECTORS = ("langevin", "none")
 
 
-def _noise(x: Tensor, noise: Tensor | None, generator: torch.Generator | None) -> Tensor:
-    if noise is None:
-        return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    if noise.shape != x.shape:
-        raise ValueError(f"noise must have the shape of x {tuple(x.shape)}, got {tuple(noise.shape)}")
-    return noise
-
-
 def em_step(sde: SDE, x: Tensor, t: float, dt: float, score: Tensor, noise: Tensor | None = None,
             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     r"""One Euler–Maruyama step of the reverse SDE (eq. 6) from t to t − dt (dt > 0):
@@ -379,7 +372,7 @@ def em_step(sde: SDE, x: Tensor, t: float, dt: float, score: Tensor, noise: Tens
         raise ValueError(f"dt must be > 0 (the step goes from t to t - dt), got {dt}")
     x_mean = x - sde.reverse_drift(x, t, score) * dt
     g = _bcast(sde.diffusion(check_time(t, x.shape[0])), x)
-    return x_mean + g * math.sqrt(dt) * _noise(x, noise, generator), x_mean
+    return x_mean + g * math.sqrt(dt) * noise_like(x, noise, generator), x_mean
 
 
 def reverse_diffusion_step(sde: SDE, x: Tensor, t: float, dt: float, score: Tensor, noise: Tensor | None = None,
@@ -388,7 +381,7 @@ def reverse_diffusion_step(sde: SDE, x: Tensor, t: float, dt: float, score: Tens
     x̄ = x − F + G² ∇log p_t,  x' = x̄ + G z (for VP this is DDPM-like). Returns (x', x̄)."""
     f, G = sde.discretize(x, t, dt)
     x_mean = x - f + G**2 * score
-    return x_mean + G * _noise(x, noise, generator), x_mean
+    return x_mean + G * noise_like(x, noise, generator), x_mean
 
 
 def langevin_step(x: Tensor, score: Tensor, snr: float, alpha: Tensor | float = 1.0, noise: Tensor | None = None,
@@ -398,7 +391,7 @@ def langevin_step(x: Tensor, score: Tensor, snr: float, alpha: Tensor | float = 
 
     As in Song et al.'s code the norms are averaged over the batch (one ε per step): per-example norms
     make ε explode wherever the score is small (between modes), which in low dimensions throws samples away."""
-    z = _noise(x, noise, generator)
+    z = noise_like(x, noise, generator)
     grad_norm = score.reshape(score.shape[0], -1).norm(dim=1).mean().clamp_min(1e-12)
     noise_norm = z.reshape(z.shape[0], -1).norm(dim=1).mean()
     step = 2 * float(alpha) * float(snr * noise_norm / grad_norm) ** 2
