@@ -11,6 +11,8 @@ from .forward import (bits_per_dim, discretized_gaussian_log_likelihood, elbo_te
 from .nets import MLPDenoiser, UNet
 from .samplers import ddim_loop, ddim_step, ddim_timesteps, ddpm_loop, ddpm_step, sample
 from .schedules import NoiseSchedule
+from .sde import SDE, VESDE, VPSDE, ContinuousTime, SubVPSDE, dsm_loss, make_sde, sample_sde
+from .ode import ode_log_likelihood, ode_loop
 from .train import EMA, diffusion_loss, fit, load_checkpoint, save_checkpoint, train
 
 __version__ = "0.1.0"
@@ -23,5 +25,7 @@ __all__ = [
     "MLPDenoiser", "UNet",
     "ddim_loop", "ddim_step", "ddim_timesteps", "ddpm_loop", "ddpm_step", "sample",
     "NoiseSchedule",
+    "SDE", "VESDE", "VPSDE", "ContinuousTime", "SubVPSDE", "dsm_loss", "make_sde", "sample_sde",
+    "ode_log_likelihood", "ode_loop",
     "EMA", "diffusion_loss", "fit", "load_checkpoint", "save_checkpoint", "train",
 ]
