@@ -35,6 +35,7 @@ training loss :func:`classifier_loss`.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable
 
 import torch
@@ -53,8 +54,9 @@ Classifier = Callable[[Tensor, Tensor], Tensor]   # (x_t (B, *shape), t (B,)) ->
 
 def check_guidance_scale(value: Any, name: str) -> float:
     """``value`` as a float, or a ValueError naming ``name`` if it is not a finite number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
-            isinstance(value, Tensor) and value.numel() == 1):
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number >= 0, got {value!r}")
     value = float(value)
     if not math.isfinite(value) or value < 0:
@@ -171,8 +173,8 @@ class ClassifierGuidance:
         if self.scale == 0:
             return eps.detach()
         grad = self.grad_log_prob(x_t, t, labels)
-        sigma = self.schedule.gather(self.schedule.alpha_bar, t, x_t).mul(-1).add(1).sqrt()   # √(1−ᾱ_t)
-        return (eps - self.scale * sigma * grad).detach()
+        alpha_bar = self.schedule.gather(self.schedule.alpha_bar, t, x_t)                  # (B, 1, ...)
+        return (eps - self.scale * (1 - alpha_bar).sqrt() * grad).detach()                 # ADM eq. 14
 
     def __repr__(self) -> str:
         return f"ClassifierGuidance(scale={self.scale:g}, base_cond={self.base_cond!r})"

@@ -2,6 +2,7 @@
 cases, the eps-model contract under every sampler, and bad inputs."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -276,6 +277,9 @@ def test_guidance_scale_below_one_and_valid_scales():
     with pytest.raises(ValueError, match="guidance_scale g = 1 \\+ w must be >= 1"):
         ClassifierFreeGuidance.from_guidance_scale(Recorder(), 0.5)
     assert check_guidance_scale(0, "w") == 0.0 and check_guidance_scale(torch.tensor(2.5), "w") == 2.5
+    assert check_guidance_scale(np.float32(1.5), "w") == 1.5 and check_guidance_scale(np.int64(3), "w") == 3.0
+    with pytest.raises(ValueError, match="w must be a finite number >= 0"):
+        check_guidance_scale(torch.tensor(float("nan")), "w")
 
 
 def test_cfg_needs_a_null_token_and_a_condition(schedule, generator):
@@ -339,3 +343,15 @@ def test_classifier_guidance_construction_errors(schedule):
         ClassifierGuidance(MLPDenoiser(num_timesteps=1000), clf, 1.0, schedule)
     with pytest.raises(TypeError, match="callables"):
         ClassifierGuidance(model, "classifier", 1.0, schedule)
+
+
+def test_exact_mixture_references_bad_inputs(schedule, gmm):
+    post, cond = MixturePosterior(gmm, schedule), MixtureConditionalEps(gmm, schedule)
+    t = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"x_t must have shape \(B, 2\)"):
+        post(torch.zeros(4, 3), t)
+    with pytest.raises(ValueError, match=r"t must be in \[0, T\)"):
+        post(torch.zeros(4, 2), torch.full((4,), T))
+    with pytest.raises(ValueError, match=r"class labels must be in \[0, 3\) \(or 3 = null\)"):
+        cond(torch.zeros(4, 2), t, torch.tensor([0, 1, 2, 4]))
+    assert ClassifierFreeGuidance(cond, 1.0).null_label == 3
