@@ -47,7 +47,7 @@ from .forward import q_sample
 from .schedules import NoiseSchedule
 
 __all__ = ["ClassifierGuidance", "ClassifierFreeGuidance", "cfg_combine", "classifier_loss",
-           "MixturePosterior", "MixtureConditionalEps", "check_guidance_scale"]
+           "MixturePosterior", "MixtureConditionalEps", "check_guidance_scale", "alpha_bar_at"]
 
 Classifier = Callable[[Tensor, Tensor], Tensor]   # (x_t (B, *shape), t (B,)) -> logits (B, K)
 
@@ -83,6 +83,23 @@ def _batch_t(t: Tensor | int, batch: int, device: torch.device) -> Tensor:
     return t.expand(batch) if t.ndim == 0 else t
 
 
+def alpha_bar_at(schedule: NoiseSchedule, t: Tensor | int, batch: int) -> Tensor:
+    """ᾱ at step indices t -> (batch,) float64 on the CPU. Integer t are indices in [0, T); fractional
+    indices (what chapter 3's ``ContinuousTime.from_ddpm`` bridge feeds a discrete model) interpolate
+    log ᾱ linearly between the neighbouring steps."""
+    if not torch.as_tensor(t).is_floating_point():
+        return schedule.alpha_bar[schedule.check_t(t, batch=batch).cpu()]
+    t = torch.as_tensor(t).detach().double().cpu().reshape(-1).expand(batch)
+    T = schedule.T
+    if t.min() < 0 or t.max() > T - 1:
+        raise ValueError(f"t must be a step index in [0, T-1]=[0, {T - 1}], got min {float(t.min()):g} "
+                         f"and max {float(t.max()):g}")
+    lo = t.floor().long().clamp(max=T - 1)
+    hi, frac = (lo + 1).clamp(max=T - 1), t - lo
+    log_ab = schedule.alpha_bar.log()
+    return (log_ab[lo] * (1 - frac) + log_ab[hi] * frac).exp()
+
+
 # ---------------------------------------------------------------------------------- training
 
 
@@ -116,7 +133,8 @@ class ClassifierGuidance:
             independently (no BatchNorm in train mode).
         scale: s >= 0. s = 0 returns the base model's ε; s = 1 targets p(x|y); s > 1 sharpens
             towards ∝ p(x) p(y|x)^s.
-        schedule: gives ᾱ_t (t are step indices in [0, T); continuous-time solvers must map to them).
+        schedule: gives ᾱ_t. t are step indices in [0, T); fractional indices (chapter 3's samplers
+            through ``ContinuousTime.from_ddpm``) interpolate log ᾱ between neighbouring steps.
         base_cond: what the *base* model receives as ``cond``: ``"auto"`` (the labels if the model
             has ``num_classes``, else nothing), ``"label"``, ``"none"``, or ``"null"`` (its null token:
             the unconditional half of a CFG-trained model).
@@ -173,8 +191,13 @@ class ClassifierGuidance:
         if self.scale == 0:
             return eps.detach()
         grad = self.grad_log_prob(x_t, t, labels)
-        alpha_bar = self.schedule.gather(self.schedule.alpha_bar, t, x_t)                  # (B, 1, ...)
+        alpha_bar = self.alpha_bar(t, x_t)                                                # (B, 1, ...)
         return (eps - self.scale * (1 - alpha_bar).sqrt() * grad).detach()                 # ADM eq. 14
+
+    def alpha_bar(self, t: Tensor, x_t: Tensor) -> Tensor:
+        """ᾱ_t broadcastable to x_t: (B, 1, ...) (see :func:`alpha_bar_at`)."""
+        ab = alpha_bar_at(self.schedule, t, x_t.shape[0])
+        return ab.to(device=x_t.device, dtype=x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))
 
     def __repr__(self) -> str:
         return f"ClassifierGuidance(scale={self.scale:g}, base_cond={self.base_cond!r})"
@@ -287,8 +310,7 @@ class MixturePosterior:
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
         if x_t.ndim != 2 or x_t.shape[1] != self.gmm.dim:
             raise ValueError(f"x_t must have shape (B, {self.gmm.dim}), got {tuple(x_t.shape)}")
-        t = self.schedule.check_t(t, batch=x_t.shape[0])
-        means, covs = self.gmm.noised(self.schedule.alpha_bar[t.cpu()])                  # (B, K, D), (B, K, D, D)
+        means, covs = self.gmm.noised(alpha_bar_at(self.schedule, t, x_t.shape[0]))       # (B, K, D), (B, K, D, D)
         dist = torch.distributions.MultivariateNormal(means.to(x_t.device), covariance_matrix=covs.to(x_t.device),
                                                       validate_args=False)
         joint = dist.log_prob(x_t.double()[:, None, :]) + self.gmm.weights.to(x_t.device).log()   # (B, K)
@@ -318,8 +340,7 @@ class MixtureConditionalEps:
         if labels.min() < 0 or labels.max() > self.num_classes:
             raise ValueError(f"class labels must be in [0, {self.num_classes}) (or {self.null_label} = null), "
                              f"got min {int(labels.min())}, max {int(labels.max())}")
-        t = self.schedule.check_t(t, batch=x_t.shape[0])
-        ab = self.schedule.alpha_bar[t.cpu()].to(x_t.device)                               # (B,)
+        ab = alpha_bar_at(self.schedule, t, x_t.shape[0]).to(x_t.device)                  # (B,)
         means, covs = self.gmm.noised(ab)                                                  # (B, K, D), (B, K, D, D)
         y = labels.clamp(max=self.num_classes - 1)
         rows = torch.arange(x_t.shape[0], device=x_t.device)

@@ -355,3 +355,15 @@ def test_exact_mixture_references_bad_inputs(schedule, gmm):
     with pytest.raises(ValueError, match=r"class labels must be in \[0, 3\) \(or 3 = null\)"):
         cond(torch.zeros(4, 2), t, torch.tensor([0, 1, 2, 4]))
     assert ClassifierFreeGuidance(cond, 1.0).null_label == 3
+
+
+def test_classifier_guidance_at_fractional_steps(schedule, gmm, generator):
+    """Continuous-time samplers (chapter 3) feed fractional step indices: ᾱ interpolates log-linearly."""
+    g = ClassifierGuidance(gmm.optimal_eps_model(schedule), MixturePosterior(gmm, schedule), 2.0, schedule)
+    x = torch.randn(6, 2, generator=generator, dtype=torch.float64)
+    t = torch.tensor([0, 3, 10, 20, 30, T - 1])
+    torch.testing.assert_close(g.alpha_bar(t.double(), x), g.alpha_bar(t, x), rtol=1e-12, atol=0)
+    mid = g.alpha_bar(torch.full((6,), 10.5, dtype=torch.float64), x)
+    torch.testing.assert_close(mid, (schedule.alpha_bar[10] * schedule.alpha_bar[11]).sqrt().expand(6, 1))
+    with pytest.raises(ValueError, match=r"t must be a step index in \[0, T-1\]"):
+        g.alpha_bar(torch.full((6,), T - 0.5, dtype=torch.float64), x)
