@@ -13,6 +13,8 @@ from .samplers import ddim_loop, ddim_step, ddim_timesteps, ddpm_loop, ddpm_step
 from .schedules import NoiseSchedule
 from .sde import SDE, VESDE, VPSDE, ContinuousTime, SubVPSDE, dsm_loss, make_sde, sample_sde
 from .ode import ode_log_likelihood, ode_loop
+from .guidance import ClassifierFreeGuidance, ClassifierGuidance, cfg_combine, classifier_loss
+from .cascade import SuperResolutionUNet, cascade_sample
 from .train import EMA, diffusion_loss, fit, load_checkpoint, save_checkpoint, train
 
 __version__ = "0.1.0"
@@ -27,5 +29,7 @@ __all__ = [
     "NoiseSchedule",
     "SDE", "VESDE", "VPSDE", "ContinuousTime", "SubVPSDE", "dsm_loss", "make_sde", "sample_sde",
     "ode_log_likelihood", "ode_loop",
+    "ClassifierFreeGuidance", "ClassifierGuidance", "cfg_combine", "classifier_loss",
+    "SuperResolutionUNet", "cascade_sample",
     "EMA", "diffusion_loss", "fit", "load_checkpoint", "save_checkpoint", "train",
 ]
