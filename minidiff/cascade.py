@@ -85,7 +85,7 @@ class SuperResolutionUNet(nn.Module):
 
     The wrapped :class:`~minidiff.nets.UNet` reads ``[x_t, cond.image, σ_a]`` stacked as 2C + 1
     channels, with σ_a = √(1−ᾱ_a) of ``aug_schedule`` as a constant map (the aug level as an input,
-    since the U-Net's embedding only takes t and a class); its first C output channels are ε̂.
+    since the U-Net's embedding only takes t and a class), and returns the C channels of ε̂.
     """
 
     def __init__(self, image_size: int = 8, low_res_size: int = 4, in_channels: int = 1,
@@ -98,7 +98,7 @@ class SuperResolutionUNet(nn.Module):
         self.num_classes, self.num_timesteps = num_classes, num_timesteps
         self.aug_schedule = aug_schedule or NoiseSchedule.linear(num_timesteps)
         self.unet = UNet(image_size=image_size, in_channels=2 * in_channels + 1, num_timesteps=num_timesteps,
-                         num_classes=num_classes, **unet_kwargs)
+                         num_classes=num_classes, out_channels=in_channels, **unet_kwargs)
 
     def forward(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
         if not isinstance(cond, LowResCondition):
@@ -112,7 +112,7 @@ class SuperResolutionUNet(nn.Module):
         level = self.aug_schedule.check_t(cond.aug_level, batch=x.shape[0])
         sigma = (1 - self.aug_schedule.alpha_bar[level.cpu()]).sqrt().to(x)                  # (B,)
         inp = torch.cat([x, cond.image.to(x), sigma[:, None, None, None].expand(-1, 1, *x.shape[2:])], dim=1)
-        return self.unet(inp, t, cond.labels)[:, : self.channels]
+        return self.unet(inp, t, cond.labels)
 
 
 def super_resolution_loss(schedule: NoiseSchedule, factor: int, max_aug_level: int):

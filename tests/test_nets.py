@@ -62,6 +62,13 @@ def test_unet_starts_at_zero_and_residuals_change_output():
     assert torch.allclose(zero, base)
 
 
+def test_unet_out_channels_for_wrappers():
+    """Extra input channels in, only ε̂'s channels out (the chapter-4 super-resolution layout)."""
+    net = UNet(image_size=8, in_channels=3, base_channels=16, out_channels=1)
+    assert net(torch.randn(2, 3, 8, 8), torch.tensor([0, 5])).shape == (2, 1, 8, 8)
+    assert UNet(image_size=8, in_channels=2, base_channels=16).out[-1].out_channels == 2   # default: C
+
+
 def test_unet_errors():
     net = UNet(image_size=8, base_channels=16)
     with pytest.raises(ValueError, match=r"\(B, 1, 8, 8\)"):

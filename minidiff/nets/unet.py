@@ -84,12 +84,16 @@ class UNet(nn.Module):
         num_res_blocks: ResBlocks per encoder level (the decoder has one more, for the pool skip).
         attention_levels: indices of levels with self-attention (the middle block always has it).
         num_timesteps: T of the schedule it is trained with. num_classes: class-conditional if set.
+        out_channels: output channels, C by default. Only with the default is the U-Net itself an
+            eps-model; other values serve wrappers that feed extra input channels (e.g. the
+            super-resolution model of chapter 4 reads [x_t, low-res image, σ_a] and returns ε̂ of x_t).
     """
 
     def __init__(self, image_size: int = 8, in_channels: int = 1, base_channels: int = 32,
                  channel_mults: Sequence[int] = (1, 2), num_res_blocks: int = 1,
                  attention_levels: Sequence[int] = (), num_timesteps: int = 1000,
-                 num_classes: int | None = None, dropout: float = 0.0, groups: int = 8) -> None:
+                 num_classes: int | None = None, dropout: float = 0.0, groups: int = 8,
+                 out_channels: int | None = None) -> None:
         super().__init__()
         factor = 2 ** (len(channel_mults) - 1)
         if image_size % factor:
@@ -135,7 +139,7 @@ class UNet(nn.Module):
             self.unpool.append(nn.Identity() if i == 0 else nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c, 3, padding=1)))
             if i > 0:
                 scale //= 2
-        self.out = nn.Sequential(_norm(c, groups), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
+        self.out = nn.Sequential(_norm(c, groups), nn.SiLU(), nn.Conv2d(c, out_channels or in_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
