@@ -25,7 +25,8 @@ from .eps import EpsModel, call_eps, eps_to_x0, x0_to_eps
 from .forward import model_mean, model_variance, noise_like
 from .schedules import NoiseSchedule
 
-__all__ = ["ddpm_step", "ddim_step", "ddim_timesteps", "ddpm_loop", "ddim_loop", "sample", "METHODS", "SPACINGS"]
+__all__ = ["ddpm_step", "ddim_step", "ddim_timesteps", "ddpm_loop", "ddim_loop", "sample", "run_loop",
+           "METHODS", "SPACINGS"]
 
 METHODS = ("ddpm", "ddim")
 SPACINGS = ("leading", "trailing", "linspace")
@@ -195,6 +196,13 @@ def sample(eps_model: EpsModel, schedule: NoiseSchedule, shape: tuple[int, ...],
         loop = ddpm_loop(eps_model, schedule, x_T, cond, generator, progress=progress, **loop_kwargs)
     else:
         loop = ddim_loop(eps_model, schedule, x_T, steps or 50, eta, cond, generator, progress=progress, **loop_kwargs)
+    return run_loop(loop, x_T, return_trajectory)
+
+
+def run_loop(loop: Iterator[dict[str, Any]], x_T: Tensor, return_trajectory: bool = False
+             ) -> Tensor | tuple[Tensor, list[Tensor]]:
+    """Drive a sampling loop (any generator yielding ``{"x": ...}``, here or in :mod:`minidiff.sde`)
+    to its end: the final x, and with ``return_trajectory`` also [x_T, x after each step]."""
     x, trajectory = x_T, [x_T]
     for state in loop:
         x = state["x"]

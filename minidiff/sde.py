@@ -38,6 +38,7 @@ from .config import resolve_device, show_progress
 from .data.toys import GaussianMixture
 from .eps import EpsModel, call_eps, eps_to_score
 from .forward import noise_like
+from .samplers import run_loop
 from .schedules import NoiseSchedule
 from .train import Batch, LossFn
 
@@ -485,9 +486,4 @@ def sample_sde(eps_model: EpsModel, sde: SDE, shape: tuple[int, ...], method: st
         loop = pc_loop(eps_model, sde, x_T, steps, generator=generator, progress=progress, **loop_kwargs)
     else:
         loop = ode_loop(eps_model, sde, x_T, steps, method=method[4:], progress=progress, **loop_kwargs)
-    x, trajectory = x_T, [x_T]
-    for state in loop:
-        x = state["x"]
-        if return_trajectory:
-            trajectory.append(x)
-    return (x, trajectory) if return_trajectory else x
+    return run_loop(loop, x_T, return_trajectory)
