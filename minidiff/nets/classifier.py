@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .embeddings import TimeEmbedding, check_timesteps
 from .mlp import _Block
-from .unet import ResBlock
+from .unet import ResBlock, check_image_size
 
 __all__ = ["NoisyClassifier2D", "NoisyDigitClassifier"]
 
@@ -64,9 +64,7 @@ class NoisyDigitClassifier(nn.Module):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"a classifier needs num_classes >= 2, got {num_classes}")
-        factor = 2 ** (len(channel_mults) - 1)
-        if image_size % factor:
-            raise ValueError(f"image_size={image_size} must be divisible by 2**(levels-1)={factor}")
+        check_image_size(image_size, channel_mults)
         self.num_classes, self.num_timesteps = num_classes, num_timesteps
         self.image_size, self.in_channels = image_size, in_channels
         emb_dim = 4 * base_channels

@@ -75,6 +75,13 @@ class _Level(nn.Module):
         self.attn = nn.ModuleList(SelfAttention2d(channels, groups=groups) if attention else nn.Identity() for _ in blocks)
 
 
+def check_image_size(image_size: int, channel_mults: Sequence[int]) -> None:
+    """Each level but the last halves the resolution, so H = W must survive len(channel_mults) − 1 halvings."""
+    factor = 2 ** (len(channel_mults) - 1)
+    if image_size % factor:
+        raise ValueError(f"image_size={image_size} must be divisible by 2**(levels-1)={factor}")
+
+
 class UNet(nn.Module):
     """U-Net eps-model: x: (B, C, H, W), t: (B,) -> ε̂: (B, C, H, W).
 
@@ -95,9 +102,7 @@ class UNet(nn.Module):
                  num_classes: int | None = None, dropout: float = 0.0, groups: int = 8,
                  out_channels: int | None = None) -> None:
         super().__init__()
-        factor = 2 ** (len(channel_mults) - 1)
-        if image_size % factor:
-            raise ValueError(f"image_size={image_size} must be divisible by 2**(levels-1)={factor}")
+        check_image_size(image_size, channel_mults)
         self.image_size, self.in_channels = image_size, in_channels
         self.num_timesteps, self.num_classes = num_timesteps, num_classes
         emb_dim = 4 * base_channels
