@@ -95,7 +95,7 @@ def test_skip_residual_changes_only_what_the_decoder_reads(net, xt):
 
 def test_hooks_are_removed_and_the_model_is_bit_identical(net, xt):
     before = net(*xt)
-    res = {n: torch.randn(3, *net.port_shape(n)) for n in ("in", "down.1.pool" if "down.1.pool" in net.ports else "mid", "skip.0", "up.0.1")}
+    res = {n: torch.randn(3, *net.port_shape(n)) for n in ("in", "down.0.pool", "mid", "skip.0", "up.0.1")}
     with add_residuals(net, res):
         steered = net(*xt)
     hooks = add_residuals(net, res)
@@ -322,6 +322,8 @@ def test_non_square_images():
     (dict(num_res_blocks=True), TypeError, "num_res_blocks must be an int"),
     (dict(attention_levels=(2,)), ValueError, r"attention_levels must be level indices in \[0, 2\)"),
     (dict(attention_levels=(-1,)), ValueError, "attention_levels"),
+    (dict(attention_levels=1), TypeError, "attention_levels must be a sequence of level indices"),
+    (dict(attention_levels=(0.5,)), ValueError, "attention_levels must be level indices"),
     (dict(num_timesteps=0), ValueError, "num_timesteps must be an int >= 1"),
     (dict(num_classes=0), ValueError, "num_classes must be an int >= 1"),
     (dict(num_classes=2.0), TypeError, "num_classes must be an int"),
@@ -351,7 +353,7 @@ def test_forward_input_errors():
     t = torch.tensor([1, 2])
     with pytest.raises(ValueError, match=r"x must have shape \(B, 1, 8, 8\), got \(2, 8, 8\)"):
         net(torch.randn(2, 8, 8), t)
-    with pytest.raises(ValueError, match=r"x must have shape \(B, 1, 8, 8\), got ndarray"):
+    with pytest.raises(TypeError, match=r"x must be a tensor \(B, 1, 8, 8\), got ndarray"):
         net(torch.randn(2, 1, 8, 8).numpy(), t)
     with pytest.raises(ValueError, match=r"t must have shape \(B,\)=\(2,\)"):
         net(torch.randn(2, 1, 8, 8), torch.tensor([1, 2, 3]))
@@ -388,3 +390,19 @@ def test_whole_unet_in_float64_matches_float32():
     e32 = net(x, t, {"label": y, "context": c})
     e64 = net.double()(x.double(), t, {"label": y, "context": c})  # a float32 context is cast to the model's dtype
     assert e64.dtype == torch.float64 and torch.allclose(e64.float(), e32, atol=1e-4)
+
+
+@pytest.mark.parametrize("build, err, match", [
+    (lambda: Attention(0), ValueError, "query_dim must be an int >= 1"),
+    (lambda: Attention(16, heads=True), TypeError, "heads must be an int"),
+    (lambda: Attention(16, heads=2, dim_head=0), ValueError, "dim_head must be an int >= 1"),
+    (lambda: Attention(16, context_dim=2.5), TypeError, "context_dim must be an int"),
+    (lambda: SelfAttention(16, heads=2, groups=-1), ValueError, "groups must be an int >= 1"),
+    (lambda: SelfAttention(12, heads=2, groups=8), ValueError, "groups=8 must divide the channels of every GroupNorm"),
+    (lambda: SpatialTransformer(16, heads=2, depth=0), ValueError, "depth must be an int >= 1"),
+    (lambda: SpatialTransformer(16, heads=5), ValueError, "divisible by heads=5"),
+    (lambda: ResBlock(8, 16, 32, dims=3), ValueError, "dims must be 1"),
+])
+def test_block_constructor_errors(build, err, match):
+    with pytest.raises(err, match=match):
+        build()

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numbers
 from contextlib import ExitStack
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -93,9 +93,13 @@ def check_image_size(image_size: int | Sequence[int], channel_mults: Sequence[in
     divide raise a ValueError naming the nearest valid ones.
     """
     dims = _check_dims(dims)
-    sizes = (image_size,) * dims if isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool) \
-        else tuple(image_size) if isinstance(image_size, Sequence) and not isinstance(image_size, str) else None
-    if sizes is None or len(sizes) != dims:
+    if isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool):
+        sizes = (image_size,) * dims
+    elif isinstance(image_size, Sequence) and not isinstance(image_size, str):
+        sizes = tuple(image_size)
+    else:
+        sizes = ()
+    if len(sizes) != dims:
         raise TypeError(f"image_size must be an int or a tuple of {dims} ints ({'(H, W)' if dims == 2 else '(L,)'}), "
                         f"got {image_size!r}")
     sizes = tuple(_check_int("image_size", s) for s in sizes)
@@ -140,73 +144,84 @@ class UNet(nn.Module):
                  out_channels: int | None = None, *, dims: int = 2, heads: int = 4,
                  context_dim: int | None = None) -> None:
         super().__init__()
-        self.dims = dims = _check_dims(dims)
+        self.dims = _check_dims(dims)
         base, widths, attention_levels = self._check_args(channel_mults, base_channels, attention_levels, dropout)
-        self.size = check_image_size(image_size, channel_mults, dims)
+        self.spatial_size = check_image_size(image_size, channel_mults, self.dims)
         self.image_size = image_size
         self.in_channels = _check_int("in_channels", in_channels)
         self.num_timesteps = _check_int("num_timesteps", num_timesteps)
         self.num_classes = None if num_classes is None else _check_int("num_classes", num_classes)
         self.context_dim = None if context_dim is None else _check_int("context_dim", context_dim)
-        num_res_blocks, groups = _check_int("num_res_blocks", num_res_blocks), _check_int("groups", groups)
-        heads = _check_int("heads", heads)
         out_channels = self.in_channels if out_channels is None else _check_int("out_channels", out_channels)
-        conv = _CONV[dims]
+        self._blocks = dict(emb_dim=4 * base, groups=_check_int("groups", groups), dropout=float(dropout),
+                            heads=_check_int("heads", heads))
+        num_res_blocks = _check_int("num_res_blocks", num_res_blocks)
 
-        def res(c_in: int, c_out: int) -> ResBlock:
-            return ResBlock(c_in, c_out, emb_dim, groups, dropout, dims)
-
-        def attention(c: int) -> nn.Module:
-            if self.context_dim is not None:
-                return SpatialTransformer(c, heads, self.context_dim, groups, dropout=dropout)
-            return SelfAttention(c, heads, groups)
-
-        emb_dim = 4 * base
-        self.time_embed = TimeEmbedding(emb_dim, freq_dim=base)
-        self.class_embed = ClassEmbedding(self.num_classes, emb_dim) if self.num_classes else None
-        self.conv_in = conv(self.in_channels, base, 3, padding=1)
+        self.time_embed = TimeEmbedding(4 * base, freq_dim=base)
+        self.class_embed = ClassEmbedding(self.num_classes, 4 * base) if self.num_classes else None
+        self.conv_in = _CONV[self.dims](self.in_channels, base, 3, padding=1)
         self.port_in = Port("in", base, 1)
-
-        skips = [(base, 1)]                                  # (channels, scale) of each skip, encoder order
-        c, scale = base, 1
-        self.down, self.pool, self.pool_ports = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
-        for i, w in enumerate(widths):
-            blocks, ports = [], []
-            for j in range(num_res_blocks):
-                blocks.append(res(c, w))
-                c = w
-                ports.append(Port(f"down.{i}.{j}", c, scale))
-                skips.append((c, scale))
-            self.down.append(_Level(blocks, [attention(c) if i in attention_levels else nn.Identity() for _ in blocks], ports))
-            if i == len(widths) - 1:
-                self.pool.append(nn.Identity())
-                self.pool_ports.append(nn.Identity())
-            else:
-                scale *= 2
-                self.pool.append(conv(c, c, 3, stride=2, padding=1))
-                self.pool_ports.append(Port(f"down.{i}.pool", c, scale))
-                skips.append((c, scale))
-
-        self.mid1, self.mid_attn, self.mid2 = res(c, c), attention(c), res(c, c)
+        skips = self._build_encoder(base, widths, attention_levels, num_res_blocks)
+        c, scale = skips[-1]
+        self.mid1, self.mid_attn, self.mid2 = self._res(c, c), self._attention(c), self._res(c, c)
         self.port_mid = Port("mid", c, scale)
-
         self.skip_ports = nn.ModuleList(Port(f"skip.{k}", ck, sk) for k, (ck, sk) in enumerate(skips))
-        self.up, self.unpool = nn.ModuleList(), nn.ModuleList()
-        for i in reversed(range(len(widths))):
-            blocks, ports = [], []
-            for j in range(num_res_blocks + 1):
-                blocks.append(res(c + skips.pop()[0], widths[i]))
-                c = widths[i]
-                ports.append(Port(f"up.{i}.{j}", c, scale))
-            self.up.append(_Level(blocks, [attention(c) if i in attention_levels else nn.Identity() for _ in blocks], ports))
-            self.unpool.append(nn.Identity() if i == 0 else
-                               nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv(c, c, 3, padding=1)))
-            if i > 0:
-                scale //= 2
-        self.out = nn.Sequential(group_norm(c, groups), nn.SiLU(), conv(c, out_channels, 3, padding=1))
+        self._build_decoder(widths, attention_levels, num_res_blocks, skips)
+        self.out = nn.Sequential(group_norm(widths[0], groups), nn.SiLU(),
+                                 _CONV[self.dims](widths[0], out_channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
         self.ports: dict[str, tuple[int, int]] = self._port_table()
+
+    def _res(self, c_in: int, c_out: int) -> ResBlock:
+        b = self._blocks
+        return ResBlock(c_in, c_out, b["emb_dim"], b["groups"], b["dropout"], self.dims)
+
+    def _attention(self, c: int) -> nn.Module:
+        """The attention block of a level: SD's transformer with ``context_dim``, else DDPM's self-attention."""
+        b = self._blocks
+        if self.context_dim is not None:
+            return SpatialTransformer(c, b["heads"], self.context_dim, b["groups"], dropout=b["dropout"])
+        return SelfAttention(c, b["heads"], b["groups"])
+
+    def _level(self, blocks: list[ResBlock], attention: bool, ports: list[Port]) -> _Level:
+        c = blocks[-1].conv2.out_channels
+        return _Level(blocks, [self._attention(c) if attention else nn.Identity() for _ in blocks], ports)
+
+    def _build_encoder(self, base: int, widths: list[int], attention_levels: set[int],
+                       num_res_blocks: int) -> list[tuple[int, int]]:
+        """down[i], pool[i], pool_ports[i]; returns (channels, scale) of every skip in encoder order."""
+        skips, c = [(base, 1)], base
+        self.down, self.pool, self.pool_ports = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for i, w in enumerate(widths):                       # level i works at 1 / 2**i of the input size
+            blocks = [self._res(c if j == 0 else w, w) for j in range(num_res_blocks)]
+            c = w
+            self.down.append(self._level(blocks, i in attention_levels,
+                                         [Port(f"down.{i}.{j}", c, 2 ** i) for j in range(num_res_blocks)]))
+            skips += [(c, 2 ** i)] * num_res_blocks
+            if i == len(widths) - 1:                         # the last level does not downsample
+                self.pool.append(nn.Identity())
+                self.pool_ports.append(nn.Identity())
+            else:
+                self.pool.append(_CONV[self.dims](c, c, 3, stride=2, padding=1))
+                self.pool_ports.append(Port(f"down.{i}.pool", c, 2 ** (i + 1)))
+                skips.append((c, 2 ** (i + 1)))
+        return skips
+
+    def _build_decoder(self, widths: list[int], attention_levels: set[int], num_res_blocks: int,
+                       skips: list[tuple[int, int]]) -> None:
+        """up[k], unpool[k] for levels i = L-1 … 0; each block reads one skip, last one first."""
+        skips, c = list(skips), widths[-1]
+        self.up, self.unpool = nn.ModuleList(), nn.ModuleList()
+        for i in reversed(range(len(widths))):
+            blocks = []
+            for _ in range(num_res_blocks + 1):
+                blocks.append(self._res(c + skips.pop()[0], widths[i]))
+                c = widths[i]
+            ports = [Port(f"up.{i}.{j}", c, 2 ** i) for j in range(num_res_blocks + 1)]
+            self.up.append(self._level(blocks, i in attention_levels, ports))
+            self.unpool.append(nn.Identity() if i == 0 else nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="nearest"), _CONV[self.dims](c, c, 3, padding=1)))
 
     @staticmethod
     def _check_args(channel_mults: Sequence[int], base_channels: int, attention_levels: Sequence[int],
@@ -215,6 +230,8 @@ class UNet(nn.Module):
             raise TypeError(f"channel_mults must be a non-empty sequence of ints (one per level), got {channel_mults!r}")
         base = _check_int("base_channels", base_channels)
         widths = [base * _check_int(f"channel_mults[{i}]", m) for i, m in enumerate(channel_mults)]
+        if isinstance(attention_levels, (str, bytes)) or not isinstance(attention_levels, Iterable):
+            raise TypeError(f"attention_levels must be a sequence of level indices, got {attention_levels!r}")
         levels = set()
         for a in attention_levels:
             if isinstance(a, bool) or not isinstance(a, numbers.Integral) or not 0 <= a < len(widths):
@@ -243,7 +260,7 @@ class UNet(nn.Module):
         if name not in self.ports:
             raise KeyError(f"unknown port {name!r}; available: {list(self.ports)}")
         c, scale = self.ports[name]
-        return (c, *(s // scale for s in self.size))
+        return (c, *(s // scale for s in self.spatial_size))
 
     def forward(self, x: Tensor, t: Tensor, cond: Any = None, *,
                 residuals: Mapping[str, Tensor] | None = None,
@@ -310,16 +327,18 @@ class UNet(nn.Module):
                              f"cond={{'context': {want}}} (plus 'label' if class-conditional); for the unconditional "
                              "branch pass the empty prompt's embedding")
         if not isinstance(context, Tensor) or not context.is_floating_point():
-            raise TypeError(f"cond['context'] must be a float tensor {want}, got {getattr(context, 'dtype', type(context).__name__)}")
-        if context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[1] < 1 or context.shape[2] != self.context_dim:
+            got = context.dtype if isinstance(context, Tensor) else type(context).__name__
+            raise TypeError(f"cond['context'] must be a float tensor {want}, got {got}")
+        if context.ndim != 3 or context.shape[0] != x.shape[0] or not context.shape[1] or context.shape[2] != self.context_dim:
             raise ValueError(f"cond['context'] must have shape {want} with L >= 1 tokens, got {tuple(context.shape)}")
         return context.to(dtype=x.dtype)
 
     def _check_input(self, x: Tensor) -> None:
-        want = (self.in_channels, *self.size)
-        if not isinstance(x, Tensor) or x.ndim != 2 + self.dims or tuple(x.shape[1:]) != want:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x must have shape (B, {', '.join(map(str, want))}), got {got}")
+        want = (self.in_channels, *self.spatial_size)
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a tensor (B, {', '.join(map(str, want))}), got {type(x).__name__}")
+        if x.ndim != 2 + self.dims or tuple(x.shape[1:]) != want:
+            raise ValueError(f"x must have shape (B, {', '.join(map(str, want))}), got {tuple(x.shape)}")
 
 
 def _attend(attn: nn.Module, h: Tensor, context: Tensor | None) -> Tensor:
