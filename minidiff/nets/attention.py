@@ -5,29 +5,26 @@ Scaled dot-product attention (Vaswani et al. 2017, eq. 1), per head (Sec. 3.2.2)
 .. math:: \mathrm{Attention}(Q, K, V) = \mathrm{softmax}\big(Q K^\top / \sqrt{d}\big)\, V,
           \quad Q = x W_q,\; K = c W_k,\; V = c W_v,
 
-with c = x (self-attention) or c = the text tokens (cross-attention, Rombach et al. 2022, eq. 3).
+with c = x (self-attention) or c = the text tokens (cross-attention, Rombach et al. 2022, Sec. 3.3).
 Positions of a feature map are the tokens: (B, C, H, W) -> (B, H·W, C), and (B, C, L) -> (B, L, C) for
 1-D signals, so one block serves both.
 
 The modules mirror diffusers, name for name, so that one LoRA target list (``to_q``, ``to_k``, ``to_v``,
 ``to_out.0``) and one mental model serve minidiff's U-Net and Stable Diffusion's (chapter 10):
 
-=======================  ==========================================================================
-minidiff                 diffusers
-=======================  ==========================================================================
-:class:`Attention`       ``Attention`` (``to_q``, ``to_k``, ``to_v``, ``to_out = [Linear, Dropout]``)
-:class:`SelfAttention`   ``Attention(norm_num_groups=g, residual_connection=True, bias=True)``: the
-                         DDPM/ADM attention block of ``UNet2DModel``
-:class:`TransformerBlock`  ``BasicTransformerBlock`` (norm1, attn1, norm2, attn2, norm3, ff; GEGLU)
-:class:`SpatialTransformer`  ``Transformer2DModel(use_linear_projection=True)`` (norm, proj_in,
-                         transformer_blocks, proj_out, residual) as in SD 2.x
-=======================  ==========================================================================
+* :class:`Attention` — diffusers ``Attention`` (``to_q``, ``to_k``, ``to_v``, ``to_out = [Linear, Dropout]``);
+* :class:`SelfAttention` — ``Attention(norm_num_groups=g, residual_connection=True, bias=True)``, the
+  DDPM/ADM attention block of diffusers' ``UNet2DModel``;
+* :class:`TransformerBlock` — ``BasicTransformerBlock`` (norm1, attn1, norm2, attn2, norm3, ff with GEGLU);
+* :class:`SpatialTransformer` — ``Transformer2DModel(use_linear_projection=True)`` (norm, proj_in,
+  transformer_blocks, proj_out, residual), as in SD 2.x.
 
 The tests load these state dicts into the diffusers modules and compare outputs.
 """
 from __future__ import annotations
 
 import numbers
+
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
