@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from minidiff.nets.ports import Port, add_residuals, capture, find_ports
+from minidiff.nets.ports import Port, add_residuals, capture, find_ports, resolve_target
 
 
 class Tiny(nn.Module):
@@ -65,3 +65,48 @@ def test_errors(model):
         add_residuals(model, {"a": 1.0})
     with pytest.raises(TypeError, match="mapping"):
         add_residuals(model, [("a", torch.zeros(1))])
+
+
+def test_duplicate_names_non_str_targets_and_tuple_outputs():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p, self.q = Port("a", 2), Port("a", 2)
+
+    with pytest.raises(ValueError, match="two ports share the name 'a'"):
+        find_ports(Twice())
+    with pytest.raises(TypeError, match="a port target must be a str"):
+        resolve_target(Tiny(), 0)
+
+    class Pair(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.inner(x), x
+
+    m = Pair()
+    with add_residuals(m, {"": torch.ones(2)}):                # the root module: output is a tuple
+        with pytest.raises(TypeError, match="pass a callable"):
+            m(torch.zeros(1, 2))
+    with add_residuals(m, {"": lambda out: (out[0] + 1, out[1])}):
+        y, x = m(torch.zeros(1, 2))
+    assert torch.allclose(y, m.inner(torch.zeros(1, 2)) + 1)
+
+
+def test_resolve_target_reuses_a_port_table(model):
+    ports = find_ports(model)
+    assert resolve_target(model, "b", ports) is model.pb
+    assert resolve_target(model, "a", {}) is model.a       # not in the given table: falls back to submodules
+
+
+def test_hooks_stack_in_registration_order(model):
+    """A capture entered after add_residuals sees the steered feature; entered before, the plain one."""
+    x, r = torch.randn(2, 3), torch.randn(2, 4)
+    with add_residuals(model, {"a": r}), capture(model, ["a"]) as after:
+        model(x)
+    with capture(model, ["a"]) as before, add_residuals(model, {"a": r}):
+        model(x)
+    assert torch.allclose(after["a"], before["a"] + r)
+    assert all(not m._forward_hooks for m in model.modules())

@@ -35,7 +35,8 @@ class Port(nn.Identity):
     """An identity module that marks a named feature of a network: hooks on it read or change the feature.
 
     name: the port's public name, e.g. ``"down.0.1"``; channels and scale (the downsampling factor of
-    its feature map relative to the input, 1 for 1-D/MLP features) describe the feature it carries.
+    its feature map relative to the input along each spatial axis, 1 for MLP features) describe the
+    feature it carries.
     """
 
     def __init__(self, name: str, channels: int, scale: int = 1) -> None:
@@ -57,11 +58,14 @@ def find_ports(model: nn.Module) -> dict[str, Port]:
     return found
 
 
-def resolve_target(model: nn.Module, target: str) -> nn.Module:
-    """The module a target names: a port of a minidiff net, else a dotted submodule name."""
+def resolve_target(model: nn.Module, target: str, ports: Mapping[str, Port] | None = None) -> nn.Module:
+    """The module a target names: a port of a minidiff net, else a dotted submodule name.
+
+    ``ports``: ``find_ports(model)`` if already computed (saves a walk over the modules per target).
+    """
     if not isinstance(target, str):
         raise TypeError(f"a port target must be a str (port or submodule name), got {type(target).__name__}")
-    ports = find_ports(model)
+    ports = find_ports(model) if ports is None else ports
     if target in ports:
         return ports[target]
     try:
@@ -93,9 +97,12 @@ class PortHooks:
 
     def __init__(self, model: nn.Module) -> None:
         self.model, self.handles = model, []
+        self._ports: dict[str, Port] | None = None
 
     def add(self, target: str, hook: Callable[[nn.Module, Any, Any], Any]) -> "PortHooks":
-        self.handles.append(resolve_target(self.model, target).register_forward_hook(hook))
+        if self._ports is None:
+            self._ports = find_ports(self.model)
+        self.handles.append(resolve_target(self.model, target, self._ports).register_forward_hook(hook))
         return self
 
     def remove(self) -> None:
