@@ -144,11 +144,16 @@ def test_constructor_rejects_bad_arguments(net, kw, err, match):
         net(**kw)
 
 
-@pytest.mark.parametrize("t", [torch.randint(0, 1000, (300,)), torch.full((300,), 417), torch.rand(300) * 999])
-def test_time_path_on_distinct_steps_is_the_row_by_row_formula(t):
+@pytest.mark.parametrize("T, t", [
+    (1000, torch.randint(0, 1000, (300,))),     # mostly distinct: row by row
+    (1000, torch.full((300,), 417)),            # one step (a sampler): computed once, broadcast
+    (1000, torch.rand(300) * 999),              # fractional steps (chapter 3)
+    (50, torch.randint(0, 50, (300,))),         # B > T: on t.unique(), gathered
+])
+def test_time_path_on_distinct_steps_is_the_row_by_row_formula(T, t):
     """Same parameters (names, seeded init) and the same function as the row-by-row network."""
     torch.manual_seed(0)
-    m = MLPDenoiser()
+    m = MLPDenoiser(num_timesteps=T)
     names = [n for n, _ in m.named_parameters()]
     assert names[:4] == ["time_embed.mlp.0.weight", "time_embed.mlp.0.bias", "time_embed.mlp.2.weight",
                          "time_embed.mlp.2.bias"] and names[-1] == "out.2.bias" and "blocks.2.emb.weight" in names
@@ -170,7 +175,8 @@ def test_class_conditional_mlp():
     x, t, y = torch.randn(6, 2), torch.tensor([0, 5, 5, 50, 99, 5]), torch.tensor([0, 1, 2, 3, 1, 1])
     assert m.null_cond == 3
     out = m(x, t, y)
-    assert torch.allclose(out, reference_forward(m, x, t, y), atol=1e-6)
+    assert torch.allclose(out, reference_forward(m, x, t, y), atol=1e-6)          # via the projected table
+    assert torch.allclose(m(x[:3], t[:3], y[:3]), reference_forward(m, x[:3], t[:3], y[:3]), atol=1e-6)  # B <= K+1
     assert torch.equal(m(x, t, {"label": y, "context": torch.randn(6, 4, 8)}), out)
     assert not torch.allclose(m(x, t, torch.full((6,), m.null_cond)), out)
     with pytest.raises(ValueError, match="'label' entry"):

@@ -6,10 +6,10 @@ added embedding — the same conditioning scheme as the U-Net, at a size that tr
 
     h ← h + W₂ σ(W₁ σ(LN(h + P_k e(t, y))))        (block k; e = time embedding + class embedding)
 
-**The time path runs on distinct steps only.** e(t, y) and its per-block projections P_k e are
+**The time path runs on distinct steps.** e(t, y) and its per-block projections P_k e are
 functions of t and y alone, and a batch holds at most T distinct steps (a sampler's batch holds
 one), so they are computed once per distinct t (and per distinct label) and gathered back to the
-rows. All blocks' projections are one matrix product with their weights stacked, and
+rows — when the batch holds repeats (see :func:`_per_distinct`). All blocks' projections are one matrix product with their weights stacked, and
 P_k(e_t + e_y) + b_k = (P_k e_t + b_k) + P_k e_y splits the time and class parts. The network
 computes the same function as the row-by-row formula, up to float rounding, with the same
 parameters (names, shapes, initialisation).
@@ -54,29 +54,42 @@ def _through(port: Port, h: Tensor) -> Tensor:
     return port(h) if (port._forward_hooks or port._forward_pre_hooks) else h
 
 
-def _on_unique(fn, keys: Tensor) -> Tensor:
-    """fn(keys) row by row, computed once per distinct key: keys (B,) -> (B, ...)."""
-    uniq, inverse = torch.unique(keys, return_inverse=True)
-    out = fn(uniq)
-    if out.shape[0] == 1:  # a sampler's batch: one step for all rows, broadcast without a copy
+def _per_distinct(fn, keys: Tensor, distinct_max: int) -> Tensor:
+    """fn(keys) row by row: keys (B,) -> (B, ...), computed once per distinct key where that pays.
+
+    One key for all rows (a sampler's batch): computed once, broadcast without a copy. More rows
+    than possible keys (B > ``distinct_max``, e.g. the ELBO's or a large training batch): computed on
+    ``keys.unique()`` and gathered. Otherwise most keys are distinct (256 random steps of 1000 hold
+    ~226) and the sort, gather and scatter of ``unique`` would cost more than they save.
+    """
+    lo, hi = keys.aminmax()
+    if lo == hi:
+        out = fn(keys[:1])
         return out.expand(keys.shape[0], *out.shape[1:])
-    return out[inverse]
+    if keys.shape[0] <= distinct_max or keys.is_floating_point():
+        return fn(keys)
+    uniq, inverse = torch.unique(keys, return_inverse=True)
+    return fn(uniq).index_select(0, inverse)
 
 
 def block_embeddings(time_embed: TimeEmbedding, class_embed: ClassEmbedding | None, blocks: list[_Block],
-                     t: Tensor, cond: Any, batch: int) -> tuple[Tensor, ...]:
+                     t: Tensor, cond: Any, batch: int, num_timesteps: int) -> tuple[Tensor, ...]:
     """P_k (e(t) + e(y)) + b_k for every block k: one (B, width_k) tensor per block.
 
-    t: (B,) validated steps; cond: None, labels (B,) or a mapping with a ``"label"`` entry.
-    Computed on the distinct t and labels only, all blocks in one matrix product.
+    t: (B,) validated steps in [0, num_timesteps); cond: None, labels (B,) or a mapping with a ``"label"``
+    entry. All blocks in one matrix product, on distinct t and labels where that pays (see :func:`_per_distinct`).
     """
     weight = torch.cat([b.emb.weight for b in blocks])         # (Σ width_k, emb_dim)
     bias = torch.cat([b.emb.bias for b in blocks])
-    proj = _on_unique(lambda u: F.linear(time_embed(u), weight, bias), t)
+    proj = _per_distinct(lambda u: F.linear(time_embed(u), weight, bias), t, num_timesteps)
     labels = class_labels(class_embed, cond)
     if labels is not None:
         labels = class_embed.check(labels, batch)
-        proj = proj + _on_unique(lambda u: F.linear(class_embed.embed(u), weight), labels)
+        table = class_embed.embed.weight                           # (K + 1, emb_dim): project the table
+        if table.shape[0] < batch:                                 # once, then look rows up
+            proj = proj + F.linear(table, weight).index_select(0, labels)
+        else:
+            proj = proj + F.linear(class_embed.embed(labels), weight)
     return proj.split([b.emb.out_features for b in blocks], dim=1)
 
 
@@ -114,7 +127,7 @@ class _PortedNet(nn.Module):
         if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(getattr(x, 'shape', ()))}")
         t = check_timesteps(t, x.shape[0], self.num_timesteps).to(x.device)
-        return block_embeddings(self.time_embed, self.class_embed, blocks, t, cond, x.shape[0])
+        return block_embeddings(self.time_embed, self.class_embed, blocks, t, cond, x.shape[0], self.num_timesteps)
 
 
 class MLPDenoiser(_PortedNet):
