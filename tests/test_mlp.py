@@ -112,6 +112,7 @@ def test_mlp_contract_and_errors():
     x, t = torch.randn(5, 3), torch.randint(0, 100, (5,))
     assert m(x, t).shape == (5, 3)
     assert m(x, torch.tensor(7)).shape == (5, 3)  # a scalar t broadcasts
+    assert m(x[:0], t[:0]).shape == (0, 3)        # an empty batch is a batch
     with pytest.raises(ValueError, match=r"\(B, 3\)"):
         m(torch.randn(5, 2), t)
     with pytest.raises(ValueError, match=r"\(B, 3\)"):

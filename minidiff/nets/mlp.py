@@ -62,6 +62,8 @@ def _per_distinct(fn, keys: Tensor, distinct_max: int) -> Tensor:
     ``keys.unique()`` and gathered. Otherwise most keys are distinct (256 random steps of 1000 hold
     ~226) and the sort, gather and scatter of ``unique`` would cost more than they save.
     """
+    if keys.numel() == 0:
+        return fn(keys)
     lo, hi = keys.aminmax()
     if lo == hi:
         out = fn(keys[:1])
