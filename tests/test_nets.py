@@ -1,36 +1,10 @@
-"""Networks: embeddings, the MLP and U-Net eps-models, feature ports, conditioning, bad input."""
+"""Networks: the U-Net eps-model, feature ports, conditioning, bad input (the MLPs and embeddings: test_mlp.py)."""
 import math
 
 import pytest
 import torch
 
-from minidiff.nets import MLPDenoiser, UNet, timestep_embedding
-
-
-def test_timestep_embedding_formula():
-    t = torch.tensor([0, 1, 10, 999])
-    emb = timestep_embedding(t, 8)
-    assert emb.shape == (4, 8)
-    freqs = torch.tensor([10_000 ** (-i / 4) for i in range(4)])
-    assert torch.allclose(emb[:, :4], torch.sin(t[:, None] * freqs), atol=1e-5)
-    assert torch.allclose(emb[:, 4:], torch.cos(t[:, None] * freqs), atol=1e-5)
-    with pytest.raises(ValueError, match="even"):
-        timestep_embedding(t, 7)
-
-
-def test_mlp_contract_and_errors():
-    m = MLPDenoiser(dim=3, num_timesteps=100)
-    x, t = torch.randn(5, 3), torch.randint(0, 100, (5,))
-    assert m(x, t).shape == (5, 3)
-    assert m(x, torch.tensor(7)).shape == (5, 3)  # a scalar t broadcasts
-    with pytest.raises(ValueError, match=r"\(B, 3\)"):
-        m(torch.randn(5, 2), t)
-    with pytest.raises(ValueError, match=r"\[0, T\)=\[0, 100\)"):
-        m(x, torch.full((5,), 100))
-    with pytest.raises(ValueError, match=r"shape \(B,\)"):
-        m(x, torch.zeros(4))
-    with pytest.raises(ValueError, match="unconditional"):
-        m(x, t, cond=torch.zeros(5, dtype=torch.long))
+from minidiff.nets import UNet
 
 
 @pytest.mark.parametrize("size, mults, attn", [(8, (1, 2), ()), (16, (1, 2, 2), (1,)), (32, (1, 2, 2, 2), (2,))])
