@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..checkpoint import record_config
 from .embeddings import ClassEmbedding, TimeEmbedding, check_timesteps, conditioning
 
 __all__ = ["MLPDenoiser"]
@@ -24,6 +25,7 @@ class _Block(nn.Module):
         return h + self.net(h + self.emb(emb))
 
 
+@record_config
 class MLPDenoiser(nn.Module):
     """Residual MLP eps-model.
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoint import record_config
 from .embeddings import ClassEmbedding, TimeEmbedding, check_timesteps, conditioning
 
 __all__ = ["UNet", "ResBlock", "SelfAttention2d"]
@@ -82,6 +83,7 @@ def check_image_size(image_size: int, channel_mults: Sequence[int]) -> None:
         raise ValueError(f"image_size={image_size} must be divisible by 2**(levels-1)={factor}")
 
 
+@record_config
 class UNet(nn.Module):
     """U-Net eps-model: x: (B, C, H, W), t: (B,) -> ε̂: (B, C, H, W).
 
