@@ -15,7 +15,8 @@ from .sde import SDE, VESDE, VPSDE, ContinuousTime, SubVPSDE, dsm_loss, make_sde
 from .ode import ode_log_likelihood, ode_loop
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance, cfg_combine, classifier_loss
 from .cascade import SuperResolutionUNet, cascade_sample
-from .train import EMA, diffusion_loss, fit, load_checkpoint, save_checkpoint, train
+from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
+from .train import EMA, diffusion_loss, fit, random_batches, train, zip_batches
 
 __version__ = "0.1.0"
 __all__ = [
@@ -31,5 +32,6 @@ __all__ = [
     "ode_log_likelihood", "ode_loop",
     "ClassifierFreeGuidance", "ClassifierGuidance", "cfg_combine", "classifier_loss",
     "SuperResolutionUNet", "cascade_sample",
-    "EMA", "diffusion_loss", "fit", "load_checkpoint", "save_checkpoint", "train",
+    "EMA", "diffusion_loss", "fit", "random_batches", "train", "zip_batches",
+    "load_checkpoint", "load_model", "save_checkpoint", "save_model",
 ]

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checkpoint import record_config
 from .eps import EpsModel
 from .forward import l_simple, q_sample
 from .nets.unet import UNet
@@ -80,6 +81,7 @@ class LowResCondition:
     labels: Tensor | None = None
 
 
+@record_config
 class SuperResolutionUNet(nn.Module):
     """Super-resolution eps-model: x_t (B, C, H, W), t (B,), cond: :class:`LowResCondition` -> (B, C, H, W).
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .cache import load_or_train
+from .checkpoint import record_config
 from .data.digits import digits
 from .train import fit
 
@@ -59,6 +60,7 @@ def frechet_distance(feats_a: Tensor, feats_b: Tensor) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt)
 
 
+@record_config
 class DigitClassifier(nn.Module):
     """A small CNN for digits of any size (resized to 8×8): x: (B, 1, H, W) -> logits (B, 10).
 

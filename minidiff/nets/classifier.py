@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ..checkpoint import record_config
 from .embeddings import TimeEmbedding, check_timesteps
 from .mlp import _Block
 from .unet import ResBlock, check_image_size
@@ -21,6 +22,7 @@ from .unet import ResBlock, check_image_size
 __all__ = ["NoisyClassifier2D", "NoisyDigitClassifier"]
 
 
+@record_config
 class NoisyClassifier2D(nn.Module):
     """p_φ(y | x_t, t) for low-dimensional data: x: (B, D), t: (B,) -> logits (B, K).
 
@@ -49,6 +51,7 @@ class NoisyClassifier2D(nn.Module):
         return self.head(h)
 
 
+@record_config
 class NoisyDigitClassifier(nn.Module):
     """p_φ(y | x_t, t) for images: x: (B, C, H, W), t: (B,) -> logits (B, K).
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoint import record_config
 from .embeddings import ClassEmbedding, TimeEmbedding, check_int, check_timesteps, class_labels
 from .ports import Port
 
@@ -132,6 +133,7 @@ class _PortedNet(nn.Module):
         return block_embeddings(self.time_embed, self.class_embed, blocks, t, cond, x.shape[0], self.num_timesteps)
 
 
+@record_config
 class MLPDenoiser(_PortedNet):
     """Residual MLP eps-model: x: (B, dim), t: (B,) -> ε̂: (B, dim).
 
@@ -176,6 +178,7 @@ class _UpBlock(nn.Module):
         return self.block.body(self.fuse(torch.cat([h, skip], dim=1)), projected)
 
 
+@record_config
 class UMLPDenoiser(_PortedNet):
     """A U-shaped MLP eps-model for 2-D data with encoder→decoder skips (chapter 7's 2-D experiments).
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoint import record_config
 from .attention import SelfAttention, SpatialTransformer, _check_int, group_norm
 from .embeddings import ClassEmbedding, TimeEmbedding, check_timesteps, conditioning
 from .ports import Port, add_residuals, capture
@@ -114,6 +115,7 @@ def check_image_size(image_size: int | Sequence[int], channel_mults: Sequence[in
     return sizes
 
 
+@record_config
 class UNet(nn.Module):
     """U-Net eps-model: x: (B, C, *size), t: (B,), cond -> ε̂: (B, C, *size); size = (H, W) or (L,).
 
