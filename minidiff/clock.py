@@ -146,8 +146,8 @@ class ContinuousTime(nn.Module):
         return (t * self.scale + self.shift).clamp(0, self.T - 1)
 
     def forward(self, x: Tensor, t: Tensor | float, cond: Any = None) -> Tensor:
-        idx = self.index(check_time(t, x.shape[0]))            # float64, then the net's working precision
-        return call_eps(self.net, x, idx.to(device=x.device, dtype=x.dtype if x.is_floating_point() else None), cond)
+        t = check_time(t, x.shape[0]).to(device=x.device, dtype=x.dtype if x.is_floating_point() else None)
+        return call_eps(self.net, x, self.index(t), cond)        # indices in the net's working precision
 
 
 class CountCalls:
