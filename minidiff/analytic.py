@@ -55,8 +55,14 @@ def _check_schedule(schedule: Any) -> NoiseSchedule:
 
 def _check_data(mean: Any, var: Any) -> tuple[Tensor, Tensor]:
     """mean, var -> float64 tensors broadcast to a common event shape S."""
-    mean = torch.as_tensor(mean, dtype=torch.float64).detach().cpu()
-    var = torch.as_tensor(var, dtype=torch.float64).detach().cpu()
+    for name, value in (("mean", mean), ("var", var)):
+        if isinstance(value, bool) or (isinstance(value, Tensor) and value.dtype == torch.bool):
+            raise ValueError(f"{name} must hold real numbers, got a bool")
+    try:
+        mean = torch.as_tensor(mean, dtype=torch.float64).detach().cpu()
+        var = torch.as_tensor(var, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError("mean and var must be numbers or tensors of the data's event shape") from err
     try:
         shape = torch.broadcast_shapes(mean.shape, var.shape)
     except RuntimeError as err:
@@ -117,6 +123,11 @@ class GaussianOptimalEps:
 
     Keeps the eps-model contract: ``model(x_t: (B, *S'), t: (B,) long in [0, T)) -> (B, *S')``,
     returned in x_t's dtype. ``slope`` and ``intercept`` are (T, *S) float64.
+
+    It is the K = 1 case of :class:`minidiff.exact.MixtureEps` (tests/test_analytic.py checks that), but it
+    stays its own class: the data here is *diagonal* with any event shape S broadcast into the examples'
+    shape S' (an 8×8 image, a scalar shared by all pixels), and chapter 1's closed forms (A3)–(A6) need ε* as
+    the per-step tables (a_t, b_t). A mixture would flatten to (B, D) and solve D×D systems per example.
     """
 
     def __init__(self, schedule: NoiseSchedule, mean: Any, var: Any) -> None:

@@ -84,20 +84,8 @@ def _batch_t(t: Tensor | int, batch: int, device: torch.device) -> Tensor:
 
 
 def alpha_bar_at(schedule: NoiseSchedule, t: Tensor | int, batch: int) -> Tensor:
-    """ᾱ at step indices t -> (batch,) float64 on the CPU. Integer t are indices in [0, T); fractional
-    indices (what chapter 3's ``ContinuousTime.from_ddpm`` bridge feeds a discrete model) interpolate
-    log ᾱ linearly between the neighbouring steps."""
-    if not torch.as_tensor(t).is_floating_point():
-        return schedule.alpha_bar[schedule.check_t(t, batch=batch).cpu()]
-    t = torch.as_tensor(t).detach().double().cpu().reshape(-1).expand(batch)
-    T = schedule.T
-    if t.min() < 0 or t.max() > T - 1:
-        raise ValueError(f"t must be a step index in [0, T-1]=[0, {T - 1}], got min {float(t.min()):g} "
-                         f"and max {float(t.max()):g}")
-    lo = t.floor().long().clamp(max=T - 1)
-    hi, frac = (lo + 1).clamp(max=T - 1), t - lo
-    log_ab = schedule.alpha_bar.log()
-    return (log_ab[lo] * (1 - frac) + log_ab[hi] * frac).exp()
+    """ᾱ at (integer or fractional) step indices -> (batch,) float64: :meth:`NoiseSchedule.alpha_bar_at`."""
+    return schedule.alpha_bar_at(t, batch)
 
 
 # ---------------------------------------------------------------------------------- training
@@ -295,58 +283,6 @@ class ClassifierFreeGuidance:
 # ------------------------------------------------------------------- exact mixture references
 
 
-class MixturePosterior:
-    r"""The exact noisy class posterior of a Gaussian mixture whose components are the classes:
-    log p_t(y | x_t) = log w_y + log N(x_t; √ᾱ_t μ_y, ᾱ_t Σ_y + (1−ᾱ_t) I) − log p_t(x_t).
-
-    A "perfect classifier": ``posterior(x_t (B, D), t (B,)) -> log-probabilities (B, K)``,
-    differentiable in x_t (float64 inside, returned in x_t's dtype).
-    """
-
-    def __init__(self, gmm: Any, schedule: NoiseSchedule) -> None:
-        self.gmm, self.schedule = gmm, schedule
-        self.num_classes, self.num_timesteps = gmm.means.shape[0], schedule.T
-
-    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
-        if x_t.ndim != 2 or x_t.shape[1] != self.gmm.dim:
-            raise ValueError(f"x_t must have shape (B, {self.gmm.dim}), got {tuple(x_t.shape)}")
-        means, covs = self.gmm.noised(alpha_bar_at(self.schedule, t, x_t.shape[0]))       # (B, K, D), (B, K, D, D)
-        dist = torch.distributions.MultivariateNormal(means.to(x_t.device), covariance_matrix=covs.to(x_t.device),
-                                                      validate_args=False)
-        joint = dist.log_prob(x_t.double()[:, None, :]) + self.gmm.weights.to(x_t.device).log()   # (B, K)
-        return F.log_softmax(joint, dim=1).to(x_t.dtype)
-
-
-class MixtureConditionalEps:
-    r"""The exact conditional eps-model of a Gaussian mixture with classes = components:
-    ε*(x_t, t, y) = −√(1−ᾱ_t) ∇ log p_t(x_t | y) with p_t(·|y) = N(√ᾱ_t μ_y, ᾱ_t Σ_y + (1−ᾱ_t) I),
-    and, for the null label K (like :class:`~minidiff.nets.ClassEmbedding`), the unconditional
-    ε*(x_t, t) of the whole mixture — what a perfectly trained CFG model would be.
-
-    x_t: (B, D), t: (B,), cond: labels (B,) in [0, K] -> (B, D).
-    """
-
-    def __init__(self, gmm: Any, schedule: NoiseSchedule) -> None:
-        self.gmm, self.schedule = gmm, schedule
-        self.num_classes, self.num_timesteps = gmm.means.shape[0], schedule.T
-        self.null_label = self.num_classes
-        self.class_embed = self   # exposes .null_label where CFG looks for it
-
-    def __call__(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
-        if cond is None:
-            raise ValueError("this exact eps-model is class-conditional: pass cond=labels (B,) "
-                             f"(or {self.null_label} = null for the whole mixture)")
-        labels = _labels(cond, x_t.shape[0], x_t.device, "MixtureConditionalEps")
-        if labels.min() < 0 or labels.max() > self.num_classes:
-            raise ValueError(f"class labels must be in [0, {self.num_classes}) (or {self.null_label} = null), "
-                             f"got min {int(labels.min())}, max {int(labels.max())}")
-        ab = alpha_bar_at(self.schedule, t, x_t.shape[0]).to(x_t.device)                  # (B,)
-        means, covs = self.gmm.noised(ab)                                                  # (B, K, D), (B, K, D, D)
-        y = labels.clamp(max=self.num_classes - 1)
-        rows = torch.arange(x_t.shape[0], device=x_t.device)
-        m, c = means[rows, y], covs[rows, y]                                               # (B, D), (B, D, D)
-        score = torch.linalg.solve(c, (m - x_t.double())[..., None])[..., 0]               # C_y⁻¹ (m_y − x)
-        null = labels == self.null_label
-        if null.any():
-            score[null] = self.gmm.score(x_t[null].double(), ab[null])
-        return score_to_eps(score, (1 - ab.double()).sqrt()[:, None]).to(x_t.dtype)
+# The exact eps-model, conditional eps-model and class posterior of a Gaussian mixture (on either
+# clock) live in :mod:`minidiff.exact`; re-exported here, where chapter 4 imports them.
+from .exact import MixtureConditionalEps, MixturePosterior  # noqa: E402

@@ -23,14 +23,20 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterator
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .checks import check_int, check_real
+from .clock import score_fn, time_grid
 from .config import show_progress
 from .eps import EpsModel
-from .sde import SDE, _time_grid, score_fn
+
+if TYPE_CHECKING:                      # sde.py builds on this module (sample_sde dispatches to ode_loop)
+    from .sde import SDE
 
 __all__ = ["pf_ode_velocity", "ode_step", "ode_loop", "ODE_METHODS", "ode_log_likelihood", "DIVERGENCES",
            "divergence", "dequantized_nll"]
@@ -73,8 +79,13 @@ def ode_step(velocity: Velocity, x: Tensor, t: float, t_next: float, method: str
 
 
 def _check_method(method: str) -> None:
-    if method not in ODE_METHODS:
+    if not isinstance(method, str) or method not in ODE_METHODS:
         raise ValueError(f"ODE method must be one of {tuple(ODE_METHODS)}, got {method!r}")
+
+
+def _check_tolerances(rtol: float, atol: float) -> None:
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        check_real(value, name, low=0, low_open=True, hint=" (the adaptive solver's tolerance, e.g. 1e-5)")
 
 
 def _solve_rk45(fun: Callable[[float, Tensor], Tensor], y0: Tensor, t_eval: list[float], rtol: float, atol: float
@@ -108,9 +119,10 @@ def ode_loop(eps_model: EpsModel, sde: SDE, x_T: Tensor, steps: int = 100, metho
     (``x_mean`` = ``x``: the ODE adds no noise). No randomness: the same x_T gives the same sample.
     """
     _check_method(method)
+    _check_tolerances(rtol, atol)
     if x_T.ndim < 2:
         raise ValueError(f"x_T must be batched, shape (B, *shape), got {tuple(x_T.shape)}")
-    grid = _time_grid(steps, t_eps)
+    grid = time_grid(steps, t_eps)
     velocity = pf_ode_velocity(eps_model, sde, cond)
     if method == "rk45":
         fun = lambda t, y: velocity(y.to(x_T.dtype).reshape(x_T.shape), t).reshape(-1).double()
@@ -132,6 +144,8 @@ def divergence(velocity: Velocity, x: Tensor, t: float, method: str = "exact", p
     ``hutchinson`` averages zᵀ(∂v/∂x)z over ``probes`` (P, B, *shape) — unbiased for E[zzᵀ] = I."""
     if method not in DIVERGENCES:
         raise ValueError(f"divergence method must be one of {DIVERGENCES}, got {method!r}")
+    if not isinstance(x, Tensor) or x.ndim < 1:
+        raise ValueError(f"x must be a batched tensor (B, *shape), got {getattr(x, 'shape', type(x).__name__)}")
     B = x.shape[0]
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
@@ -170,15 +184,17 @@ def ode_log_likelihood(eps_model: EpsModel, sde: SDE, x: Tensor, method: str = "
     if method not in DIVERGENCES:
         raise ValueError(f"method must be one of {DIVERGENCES}, got {method!r}")
     _check_method(solver)
-    if x.ndim < 2:
-        raise ValueError(f"x must be batched, shape (B, *shape), got {tuple(x.shape)}")
-    if not 0 <= t_eps < 1:
-        raise ValueError(f"t_eps must be in [0, 1), got {t_eps}")
+    _check_tolerances(rtol, atol)
+    steps = check_int(steps, "steps", hint=" (fixed-step solvers take this many steps from t_eps to 1)")
+    t_eps = check_real(t_eps, "t_eps", low=0, high=1, high_open=True, hint=" (the likelihood is that of p_{t_eps})")
+    n_probes = check_int(n_probes, "n_probes", hint=" (Rademacher probes per Hutchinson estimate)")
+    if not isinstance(x, Tensor) or x.ndim < 2:
+        raise ValueError(f"x must be batched, shape (B, *shape), got {getattr(x, 'shape', type(x).__name__)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("x must be finite (no NaN or inf): its log-density is undefined")
     B, D = x.shape[0], x[0].numel()
     probes = None
     if method == "hutchinson":
-        if n_probes < 1:
-            raise ValueError(f"n_probes must be >= 1, got {n_probes}")
         probes = (torch.randint(0, 2, (n_probes, *x.shape), generator=generator) * 2 - 1).to(x)
     velocity = pf_ode_velocity(eps_model, sde, cond)
 
@@ -207,8 +223,9 @@ def dequantized_nll(eps_model: EpsModel, sde: SDE, x: Tensor, bin_width: float, 
     dequantisation: −log P(x) ≤ E_u[−log p(x + u)] − D log Δ, u ~ U[−Δ/2, Δ/2]^D (Theis et al. 2016;
     Song et al. 2021, App. D.1). x: (B, *shape) -> (B,), averaged over ``n_samples`` draws of u.
     ``kwargs`` go to :func:`ode_log_likelihood`. Comparable with the discretised ELBO of chapters 1–2."""
-    if not bin_width > 0 or n_samples < 1:
-        raise ValueError(f"need bin_width > 0 and n_samples >= 1, got {bin_width}, {n_samples}")
+    bin_width = check_real(bin_width, "bin_width", low=0, low_open=True,
+                           hint=" (the spacing of the data grid, e.g. DIGITS_BIN_WIDTH = 2/16)")
+    n_samples = check_int(n_samples, "n_samples", hint=" (dequantisation draws to average)")
     D = x[0].numel()
     total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     for _ in range(n_samples):

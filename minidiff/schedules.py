@@ -193,6 +193,31 @@ class NoiseSchedule:
         b = self.betas
         return f"NoiseSchedule({self.name}, T={self.T}, beta=[{b[0]:.2e} … {b[-1]:.2e}], alpha_bar_T={self.alpha_bar[-1]:.2e})"
 
+    def alpha_bar_at(self, t: Tensor | int | float, batch: int) -> Tensor:
+        r"""ᾱ at step indices ``t`` -> (batch,) float64 on the CPU.
+
+        Integer t (an int or a (B,) integer tensor) are the indices of :meth:`check_t`. Fractional indices
+        — what chapter 3's bridge ``ContinuousTime.from_ddpm`` feeds a discrete model — must lie in
+        [0, T−1] and interpolate log ᾱ linearly between the neighbouring steps (log ᾱ is a sum of
+        log(1 − β), so this is the continuous-time integral of β with β piecewise constant).
+        """
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch must be a positive int (the number of examples), got {batch!r}")
+        if not (isinstance(t, float) or (isinstance(t, Tensor) and t.is_floating_point())):
+            return self.alpha_bar[self.check_t(t, batch=batch).cpu()]
+        t = torch.as_tensor(t).detach().double().cpu()
+        if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != batch):
+            raise ValueError(f"t must be a scalar or have shape (B,)=({batch},), got {tuple(t.shape)}")
+        t = t.expand(batch)
+        T = self.T
+        if t.numel() and (torch.isnan(t).any() or t.min() < 0 or t.max() > T - 1):
+            raise ValueError(f"t must be a step index in [0, T-1]=[0, {T - 1}], got min {float(t.min()):g} "
+                             f"and max {float(t.max()):g} (continuous times in [0, 1] need ContinuousTime.from_ddpm)")
+        lo = t.floor().long().clamp(max=T - 1)
+        hi, frac = (lo + 1).clamp(max=T - 1), t - lo
+        log_ab = self.alpha_bar.log()
+        return (log_ab[lo] * (1 - frac) + log_ab[hi] * frac).exp()
+
 
 def _check_T(T: int) -> None:
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:

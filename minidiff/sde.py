@@ -18,12 +18,15 @@ has, for the affine drifts used here, Gaussian transition kernels
 
 Models keep the eps-contract of :mod:`minidiff.eps` with a *continuous* clock:
 ``eps_model(x_t: (B, *shape), t: (B,) float in [0, 1], cond=None)``; the score is
-``eps_to_score(eps, s(t))`` — the one conversion, Tweedie. :class:`ContinuousTime` is the single place
-where a continuous time becomes the step index the minidiff nets embed, and the bridge that lets a
-chapter-2 DDPM model be sampled by these solvers (:meth:`VPSDE.from_schedule`).
+``eps_to_score(eps, s(t))`` — the one conversion, Tweedie (:func:`minidiff.clock.score_fn`, which refuses a
+discrete-time model). :class:`~minidiff.clock.ContinuousTime` is the single place where a continuous time
+becomes the step index the minidiff nets embed, and the bridge that lets a chapter-2 DDPM model be sampled
+by these solvers (:meth:`VPSDE.from_schedule`).
 
-Samplers here are the stochastic ones (reverse-SDE Euler–Maruyama and predictor–corrector, Alg. 2–3 /
-App. G); the probability-flow ODE and exact likelihoods live in :mod:`minidiff.ode`.
+This module holds the SDEs and the stochastic samplers (reverse-SDE Euler–Maruyama and
+predictor–corrector, Alg. 2–3 / App. G); the probability-flow ODE and exact likelihoods live in
+:mod:`minidiff.ode`, the clock and the bridge in :mod:`minidiff.clock`, the DSM loss in :mod:`minidiff.dsm`,
+the exact mixture eps-model in :mod:`minidiff.exact` (all re-exported here).
 """
 from __future__ import annotations
 
@@ -31,38 +34,29 @@ import math
 from typing import Any, Iterator
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
+from .checks import check_int, check_real
+from .clock import ContinuousTime, CountCalls, check_time, score_fn, time_grid
 from .config import resolve_device, show_progress
-from .data.toys import GaussianMixture
-from .eps import EpsModel, call_eps, eps_to_score
+from .dsm import WEIGHTINGS, dsm_loss
+from .eps import EpsModel
+from .exact import MixtureEps, noised_mixture
 from .forward import noise_like
+from .ode import ode_loop
 from .samplers import run_loop
 from .schedules import NoiseSchedule
-from .train import Batch, LossFn
 
-__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "SDES", "make_sde", "check_time", "ContinuousTime",
-           "MixtureEps", "noised_mixture", "score_fn", "dsm_loss", "WEIGHTINGS", "em_step", "langevin_step",
-           "pc_loop", "em_loop", "sample_sde", "PREDICTORS", "CORRECTORS", "SAMPLE_METHODS", "CountCalls"]
+__all__ = ["SDE", "VPSDE", "SubVPSDE", "VESDE", "SDES", "make_sde", "em_step", "reverse_diffusion_step",
+           "langevin_step", "pc_loop", "em_loop", "sample_sde", "PREDICTORS", "CORRECTORS", "SAMPLE_METHODS",
+           # re-exported from their own modules (chapter 3 imports them from here)
+           "check_time", "ContinuousTime", "CountCalls", "score_fn", "MixtureEps", "noised_mixture", "dsm_loss",
+           "WEIGHTINGS"]
 
 
-def check_time(t: Tensor | float, batch: int | None = None, name: str = "t") -> Tensor:
-    """Validate continuous times: a float or a (B,) float tensor in [0, 1]; returns a float64 tensor,
-    broadcast to (batch,) when ``batch`` is given."""
-    t = t if isinstance(t, Tensor) else torch.tensor(t, dtype=torch.float64)   # a Python 0.3 stays 0.3
-    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)) or t.ndim > 1:
-        raise ValueError(f"{name} must be a float or a (B,) float tensor in [0, 1], got {t.dtype} {tuple(t.shape)}")
-    t = t.double()                       # coefficients are computed in float64, cast where they multiply x
-    if t.numel() and (torch.isnan(t).any() or t.min() < 0 or t.max() > 1):
-        raise ValueError(f"{name} must be in [0, 1], got min {float(t.min()):g}, max {float(t.max()):g}"
-                         " (the continuous clock; discrete step indices belong to NoiseSchedule)")
-    if batch is not None:
-        if t.ndim == 0:
-            t = t.expand(batch)
-        elif t.shape[0] != batch:
-            raise ValueError(f"{name} has {t.shape[0]} entries but the batch has {batch}; give {name} shape (B,)")
-    return t
+def _check_dt(dt: float) -> float:
+    return check_real(dt, "dt", low=0, low_open=True, hint=" (the step goes from t to t - dt)")
 
 
 def _bcast(v: Tensor, x: Tensor) -> Tensor:
@@ -119,8 +113,7 @@ class SDE:
     def discretize(self, x: Tensor, t: Tensor | float, dt: float) -> tuple[Tensor, Tensor]:
         """One forward step of size dt > 0 as x_{k+1} = x_k + F + G z (Euler–Maruyama by default):
         F = f(x, t) dt: (B, *shape), G = g(t) √dt: (B, 1, ..., 1). Used by the reverse-diffusion predictor."""
-        if not dt > 0:
-            raise ValueError(f"dt must be > 0, got {dt}")
+        dt = _check_dt(dt)
         t = check_time(t, x.shape[0])
         return self.drift(x, t) * dt, _bcast(self.diffusion(t), x) * math.sqrt(dt)
 
@@ -146,9 +139,11 @@ class VPSDE(SDE):
     name = "vp"
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
-        if not 0 < beta_min <= beta_max:
-            raise ValueError(f"need 0 < beta_min <= beta_max, got {beta_min}, {beta_max}")
-        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        beta_min = check_real(beta_min, "beta_min", low=0, low_open=True, hint=" (β(0); 0.1 in Song et al.)")
+        beta_max = check_real(beta_max, "beta_max", low=0, low_open=True, hint=" (β(1); 20 in Song et al.)")
+        if beta_min > beta_max:
+            raise ValueError(f"need 0 < beta_min <= beta_max (β(t) rises linearly), got {beta_min:g}, {beta_max:g}")
+        self.beta_min, self.beta_max = beta_min, beta_max
 
     @classmethod
     def from_schedule(cls, schedule: NoiseSchedule) -> "VPSDE":
@@ -184,8 +179,7 @@ class VPSDE(SDE):
     def discretize(self, x: Tensor, t: Tensor | float, dt: float) -> tuple[Tensor, Tensor]:
         """DDPM's own step (Song App. E): x_{k+1} = √(1−β) x_k + √β z with β = 1 − e^{−β(t) dt}
         (= β(t) dt to first order, the DDPM β_i; the exponential keeps β < 1 for large steps)."""
-        if not dt > 0:
-            raise ValueError(f"dt must be > 0, got {dt}")
+        dt = _check_dt(dt)
         beta = _bcast(-torch.expm1(-self.beta(check_time(t, x.shape[0])) * dt), x)
         return (torch.sqrt(1 - beta) - 1) * x, beta.sqrt()
 
@@ -214,9 +208,12 @@ class VESDE(SDE):
     name = "ve"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:
-        if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
-        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        sigma_min = check_real(sigma_min, "sigma_min", low=0, low_open=True, hint=" (σ(0), e.g. 0.01)")
+        sigma_max = check_real(sigma_max, "sigma_max", low=0, low_open=True,
+                               hint=" (σ(1): about the largest distance between data points)")
+        if not sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min:g}, {sigma_max:g}")
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
 
     def sigma(self, t: Tensor | float) -> Tensor:
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** check_time(t).double()
@@ -243,121 +240,9 @@ SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
 def make_sde(name: str, **kwargs: Any) -> SDE:
     """An SDE by name: ``make_sde("vp")``, ``make_sde("ve", sigma_max=5.0)``."""
-    if name not in SDES:
+    if not isinstance(name, str) or name not in SDES:
         raise ValueError(f"unknown SDE {name!r}; choose from {sorted(SDES)}")
     return SDES[name](**kwargs)
-
-
-# ------------------------------------------------------------------------------ models on the continuous clock
-class ContinuousTime(nn.Module):
-    """The one place where a continuous t ∈ [0, 1] becomes the step index a minidiff net embeds.
-
-    ``ContinuousTime(net)`` feeds index = t·(T−1) (T = ``net.num_timesteps``, 999 by default): use it to
-    *train* a continuous-time model with MLPDenoiser/UNet (their sinusoidal embedding takes fractional steps).
-    ``ContinuousTime.from_ddpm(model)`` is the *bridge* for a chapter-2 model trained on indices: index =
-    t·T − 1 (clamped to [0, T−1]), so that the model sees the noise level it was trained at
-    (:meth:`VPSDE.from_schedule`). Either way: eps_model(x: (B, *shape), t: (B,) in [0, 1], cond=None).
-    """
-
-    def __init__(self, net: nn.Module | EpsModel, scale: float | None = None, shift: float = 0.0) -> None:
-        super().__init__()
-        self.net = net
-        self.T = int(getattr(net, "num_timesteps", 1000))
-        self.scale = float(self.T - 1 if scale is None else scale)
-        self.shift = float(shift)
-
-    @classmethod
-    def from_ddpm(cls, model: nn.Module | EpsModel, T: int | None = None) -> "ContinuousTime":
-        T = int(T or getattr(model, "num_timesteps", 1000))
-        return cls(model, scale=T, shift=-1.0)
-
-    def index(self, t: Tensor) -> Tensor:
-        return (t * self.scale + self.shift).clamp(0, self.T - 1)
-
-    def forward(self, x: Tensor, t: Tensor | float, cond: Any = None) -> Tensor:
-        t = check_time(t, x.shape[0]).to(x.device)
-        idx = self.index(t.float())
-        return self.net(x, idx) if cond is None else self.net(x, idx, cond)
-
-
-def noised_mixture(gmm: GaussianMixture, sde: SDE, t: float) -> GaussianMixture:
-    """p_t of mixture data under ``sde`` at one time t: again a mixture, means m μ_k, covs m² Σ_k + s² I."""
-    m, s = (float(v) for v in sde.marginal_coeffs(check_time(float(t))))
-    eye = torch.eye(gmm.dim, dtype=torch.float64)
-    return GaussianMixture(m * gmm.means, m**2 * gmm.covs + s**2 * eye, gmm.weights)
-
-
-class MixtureEps:
-    r"""The exact eps-model of mixture data under any of these SDEs: ε*(x, t) = −s(t) ∇log p_t(x).
-
-    Every SDE here is a *rescaled VP*: x_t = m x_0 + s z = c·(√ᾱ' x_0 + √(1−ᾱ') z) with c = √(m²+s²),
-    ᾱ' = m²/c². So ε*(x, t) = ε*_VP(x/c, ᾱ') — reusing :meth:`GaussianMixture.score`. x: (B, D), t: (B,).
-    """
-
-    def __init__(self, gmm: GaussianMixture, sde: SDE) -> None:
-        self.gmm, self.sde = gmm, sde
-
-    def __call__(self, x: Tensor, t: Tensor | float, cond: Any = None) -> Tensor:
-        if cond is not None:
-            raise ValueError("the exact eps-model of a mixture is unconditional; got cond")
-        m, s = self.sde.marginal_coeffs(check_time(t, x.shape[0]))
-        c = (m**2 + s**2).sqrt()
-        ab = (m / c) ** 2
-        score_y = self.gmm.score(x / c.to(x)[:, None], ab.to(x.device))        # ∇_y log p(y), y = x / c
-        return -(s / c).to(x)[:, None] * score_y                              # −√(1−ᾱ') ∇_y = −s ∇_x
-
-
-def score_fn(eps_model: EpsModel, sde: SDE, cond: Any = None):
-    """x, t -> ∇log p_t(x) = eps_to_score(eps_model(x, t), s(t)) (the one conversion, :mod:`minidiff.eps`)."""
-
-    def score(x: Tensor, t: Tensor) -> Tensor:
-        eps = call_eps(eps_model, x, t.to(x.device), cond)
-        return eps_to_score(eps, _bcast(sde.std(t), x))
-
-    return score
-
-
-class CountCalls:
-    """Wrap an eps-model and count its calls (``.calls``) — an honest NFE for any sampler."""
-
-    def __init__(self, eps_model: EpsModel) -> None:
-        self.eps_model, self.calls = eps_model, 0
-
-    def __call__(self, x: Tensor, t: Tensor, cond: Any = None) -> Tensor:
-        self.calls += 1
-        return self.eps_model(x, t) if cond is None else self.eps_model(x, t, cond)
-
-
-# ------------------------------------------------------------------------------ denoising score matching
-WEIGHTINGS = ("sigma2", "likelihood")
-
-
-def dsm_loss(sde: SDE, weighting: str = "sigma2", t_eps: float = 1e-3) -> LossFn:
-    r"""Denoising score matching as a ``loss_fn`` for :func:`minidiff.train.fit` (Song eq. 7, in ε form).
-
-    x_t = m x_0 + s ε with t ~ U[t_eps, 1] (t_eps = 1e-3 avoids s → 0, where the score blows up);
-    score error ‖s_θ − ∇log p_{0t}‖² = ‖ε_θ − ε‖²/s², weighted by λ(t):
-    ``"sigma2"`` λ = s² ⇒ ‖ε − ε_θ‖² (DDPM's L_simple); ``"likelihood"`` λ = g² ⇒ (g²/s²)‖ε − ε_θ‖²
-    (Song, Durkan, Murray & Ermon 2021, "Maximum likelihood training": bounds the KL of the ODE's model).
-    Averaged over dimensions and batch. A batch is x_0: (B, *shape) or (x_0, cond).
-    """
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    if not 0 < t_eps < 1:
-        raise ValueError(f"t_eps must be in (0, 1), got {t_eps}")
-
-    def loss_fn(model: nn.Module, batch: Batch, generator: torch.Generator) -> Tensor:
-        x0, cond = (batch[0], batch[1]) if isinstance(batch, tuple) else (batch, None)
-        t = t_eps + (1 - t_eps) * torch.rand(x0.shape[0], generator=generator)
-        noise = noise_like(x0, generator=generator)
-        mean, std = sde.marginal(x0, t)
-        eps = call_eps(model, mean + std * noise, t.to(x0.device), cond)
-        err = (noise - eps).pow(2).reshape(x0.shape[0], -1).mean(1)
-        if weighting == "likelihood":
-            err = err * (sde.diffusion(t) ** 2 / sde.std(t) ** 2).to(err)
-        return err.mean()
-
-    return loss_fn
 
 
 # ------------------------------------------------------------------------------ stochastic samplers
@@ -369,8 +254,7 @@ def em_step(sde: SDE, x: Tensor, t: float, dt: float, score: Tensor, noise: Tens
             generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     r"""One Euler–Maruyama step of the reverse SDE (eq. 6) from t to t − dt (dt > 0):
     x̄ = x − [f(x, t) − g² ∇log p_t(x)] dt,  x' = x̄ + g √dt z.  Returns (x', x̄), each (B, *shape)."""
-    if not dt > 0:
-        raise ValueError(f"dt must be > 0 (the step goes from t to t - dt), got {dt}")
+    dt = _check_dt(dt)
     x_mean = x - sde.reverse_drift(x, t, score) * dt
     g = _bcast(sde.diffusion(check_time(t, x.shape[0])), x)
     return x_mean + g * math.sqrt(dt) * noise_like(x, noise, generator), x_mean
@@ -392,20 +276,16 @@ def langevin_step(x: Tensor, score: Tensor, snr: float, alpha: Tensor | float = 
 
     As in Song et al.'s code the norms are averaged over the batch (one ε per step): per-example norms
     make ε explode wherever the score is small (between modes), which in low dimensions throws samples away."""
+    if score.shape != x.shape:
+        raise ValueError(f"score must have the shape of x {tuple(x.shape)}, got {tuple(score.shape)}")
+    snr = check_real(snr, "snr", low=0, low_open=True, hint=" (the corrector's signal-to-noise ratio, e.g. 0.16)")
+    alpha = check_real(alpha, "alpha", low=0, low_open=True, hint=" (α_i = 1 − β_i for VP, 1 for VE)")
     z = noise_like(x, noise, generator)
     grad_norm = score.reshape(score.shape[0], -1).norm(dim=1).mean().clamp_min(1e-12)
     noise_norm = z.reshape(z.shape[0], -1).norm(dim=1).mean()
     step = 2 * float(alpha) * float(snr * noise_norm / grad_norm) ** 2
     x_mean = x + step * score
     return x_mean + math.sqrt(2 * step) * z, x_mean
-
-
-def _time_grid(steps: int, t_eps: float) -> list[float]:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not 0 <= t_eps < 1:
-        raise ValueError(f"t_eps must be in [0, 1), got {t_eps}")
-    return torch.linspace(1.0, t_eps, steps + 1, dtype=torch.float64).tolist()
 
 
 def _check_start(x: Tensor) -> None:
@@ -430,11 +310,11 @@ def pc_loop(eps_model: EpsModel, sde: SDE, x_T: Tensor, steps: int = 500, *, pre
         raise ValueError(f"corrector must be one of {CORRECTORS}, got {corrector!r}")
     if predictor == "none" and corrector == "none":
         raise ValueError("predictor and corrector cannot both be 'none'")
-    if not snr > 0 or n_corrector < 0:
-        raise ValueError(f"need snr > 0 and n_corrector >= 0, got {snr}, {n_corrector}")
+    snr = check_real(snr, "snr", low=0, low_open=True, hint=" (the corrector's signal-to-noise ratio, e.g. 0.16)")
+    n_corrector = check_int(n_corrector, "n_corrector", low=0)
     _check_start(x_T)
     score = score_fn(eps_model, sde, cond)
-    grid = _time_grid(steps, t_eps)
+    grid = time_grid(steps, t_eps)
     x, nfe = x_T, 0
     bar = tqdm(range(steps), desc=f"PC {predictor}/{corrector}", disable=not show_progress(progress), leave=False)
     for k in bar:
@@ -472,10 +352,12 @@ def sample_sde(eps_model: EpsModel, sde: SDE, shape: tuple[int, ...], method: st
     ``method`` to the end — "euler_maruyama", "pc" (:func:`pc_loop`), or the probability-flow ODE
     "ode_euler" / "ode_heun" / "ode_rk4" / "ode_rk45" (:func:`minidiff.ode.ode_loop`). Returns x_0
     (and the list of states, x_T first)."""
-    from .ode import ode_loop  # the ODE module builds on this one
-
     if method not in SAMPLE_METHODS:
         raise ValueError(f"method must be one of {SAMPLE_METHODS}, got {method!r}")
+    shape = tuple(shape) if isinstance(shape, (tuple, list, torch.Size)) else shape
+    if not isinstance(shape, tuple) or len(shape) < 2 or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape):
+        raise ValueError(f"shape must be a batched shape (B, *data_shape) of positive ints, got {shape!r}")
     if x_T is None:
         x_T = sde.prior_sample(shape, generator, device)
     elif tuple(x_T.shape) != tuple(shape):

@@ -290,3 +290,12 @@ def test_bad_x_raises(schedule):
         gaussian_elbo_terms(schedule, torch.zeros(2), torch.ones(2), torch.zeros(5, 3))
     with pytest.raises(ValueError, match="must be a tensor"):
         gaussian_model_nll(schedule, 0.0, 1.0, [[0.0]])
+
+
+def test_bool_and_non_numeric_data_raise(schedule):
+    with pytest.raises(ValueError, match="mean must hold real numbers, got a bool"):
+        gaussian_data_optimal_eps(schedule, True, 1.0)
+    with pytest.raises(ValueError, match="var must hold real numbers, got a bool"):
+        gaussian_data_optimal_eps(schedule, 0.0, torch.tensor([True]))
+    with pytest.raises(ValueError, match="mean and var must be numbers or tensors"):
+        gaussian_data_optimal_eps(schedule, "zero", 1.0)

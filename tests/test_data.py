@@ -101,3 +101,98 @@ def test_digits_errors():
         digits("validation")
     with pytest.raises(ValueError, match="size"):
         digits(size=4)
+
+
+# ------------------------------------------------------------------------------ the one mixture reference
+def test_class_posterior_and_class_score_closed_forms(generator):
+    gmm = GaussianMixture(means=[[0.0, 0.0], [3.0, 1.0]], covs=[[[1.0, 0.3], [0.3, 0.5]], [[0.2, 0.0], [0.0, 2.0]]],
+                          weights=[0.3, 0.7])
+    x = (2 * torch.randn(16, 2, generator=generator, dtype=torch.float64)).requires_grad_(True)
+    ab = torch.rand(16, generator=generator, dtype=torch.float64)
+    post = gmm.class_log_posterior(x, ab)
+    torch.testing.assert_close(post.exp().sum(1), torch.ones(16, dtype=torch.float64))
+    # Bayes by hand: log w_k + log N(x; √ᾱ μ_k, ᾱ Σ_k + (1 − ᾱ) I) − log p_t(x)
+    means, covs = gmm.noised(ab)
+    joint = torch.stack([torch.distributions.MultivariateNormal(means[:, k], covs[:, k]).log_prob(x)
+                         + math.log(gmm.weights[k]) for k in range(2)], 1)
+    torch.testing.assert_close(post, joint - gmm.noised_log_prob(x, ab)[:, None], rtol=1e-10, atol=1e-10)
+    # class score = autograd of the component's log-density; the mixture score = Σ_k p(k|x) class score
+    labels = torch.tensor([0, 1] * 8)
+    grad, = torch.autograd.grad(joint[torch.arange(16), labels].sum(), x)
+    torch.testing.assert_close(gmm.class_score(x.detach(), ab, labels), grad, rtol=1e-9, atol=1e-9)
+    mixed = sum(post.exp()[:, k:k + 1] * gmm.class_score(x.detach(), ab, torch.full((16,), k)) for k in range(2))
+    torch.testing.assert_close(gmm.score(x.detach(), ab), mixed.detach(), rtol=1e-9, atol=1e-9)
+    # marginal(m, s) is the law of m x0 + s z; at m = √ᾱ, s = √(1−ᾱ) it is noised(ᾱ)
+    p = gmm.marginal(0.6, 0.8)
+    m, c = gmm.noised(torch.tensor([0.36], dtype=torch.float64))
+    torch.testing.assert_close(p.means, m[0])
+    torch.testing.assert_close(p.covs, c[0])
+    with pytest.raises(ValueError, match=r"labels must be in \[0, K\)=\[0, 2\)"):
+        gmm.class_score(x.detach(), ab, torch.full((16,), 2))
+    with pytest.raises(ValueError, match="labels must be integer components"):
+        gmm.class_score(x.detach(), ab, torch.zeros(16))
+    with pytest.raises(ValueError, match=r"alpha_bar must be in \[0, 1\]"):
+        gmm.score(x.detach(), torch.full((16,), 1.5))
+    with pytest.raises(ValueError, match=r"alpha_bar must be in \[0, 1\]"):
+        gmm.noised_log_prob(x.detach(), float("nan"))
+    with pytest.raises(ValueError, match=r"alpha_bar must be a scalar or have shape \(B,\)=\(16,\)"):
+        gmm.score(x.detach(), torch.full((3,), 0.5))
+    with pytest.raises(ValueError, match="point mass"):
+        gmm.marginal(0.0, 0.0)
+    with pytest.raises(ValueError, match="s must be >= 0"):
+        gmm.marginal(1.0, -0.1)
+
+
+def test_gmm_rejects_bad_parameters():
+    eye = torch.eye(2)[None].repeat(2, 1, 1)
+    with pytest.raises(ValueError, match="means must be finite"):
+        GaussianMixture([[0.0, float("nan")], [1.0, 1.0]], eye, [0.5, 0.5])
+    with pytest.raises(ValueError, match="covs must be finite"):
+        GaussianMixture(torch.zeros(2, 2), eye * float("inf"), [0.5, 0.5])
+    with pytest.raises(ValueError, match="weights must hold real numbers, got a bool"):
+        GaussianMixture(torch.zeros(1, 2), eye[:1], torch.tensor([True]))
+    with pytest.raises(ValueError, match="non-negative and sum to 1"):
+        GaussianMixture(torch.zeros(2, 2), eye, [1.5, -0.5])
+    with pytest.raises(ValueError, match=r"covs\[1\] is not positive definite"):
+        GaussianMixture(torch.zeros(2, 2), torch.stack([torch.eye(2), torch.tensor([[1.0, 2.0], [2.0, 1.0]])]), [0.5, 0.5])
+    with pytest.raises(ValueError, match="covs must be symmetric"):
+        GaussianMixture(torch.zeros(1, 2), torch.tensor([[[1.0, 0.5], [0.0, 1.0]]]), [1.0])
+    with pytest.raises(ValueError, match=r"means must have shape \(K, D\)"):
+        GaussianMixture(torch.zeros(2), eye, [0.5, 0.5])
+    with pytest.raises(ValueError, match="means must be a tensor or nested list"):
+        GaussianMixture("means", eye, [0.5, 0.5])
+    for std in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="std"):
+            GaussianMixture.isotropic([[0.0], [1.0]], std)
+    with pytest.raises(ValueError, match=r"std must be a number or one per component \(2,\)"):
+        GaussianMixture.isotropic([[0.0], [1.0]], [1.0, 1.0, 1.0])
+    for k in (0, 2.5, True):
+        with pytest.raises(ValueError, match="k must be a positive int"):
+            GaussianMixture.ring(k=k)
+    for radius in (0.0, float("inf")):
+        with pytest.raises(ValueError, match="radius"):
+            GaussianMixture.ring(radius=radius)
+    with pytest.raises(ValueError, match="std must be > 0"):
+        GaussianMixture.ring(std=0.0)
+    for n in (0, 2.0, True):
+        with pytest.raises(ValueError, match="n must be a positive int"):
+            GaussianMixture.ring().sample(n)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 2\)"):
+        GaussianMixture.ring().score(torch.zeros(3), 0.5)
+    with pytest.raises(ValueError, match="schedule must be a NoiseSchedule"):
+        GaussianMixture.ring().optimal_eps_model("linear")
+
+
+def test_toy_data_rejects_bad_arguments():
+    for fn in ("moons", "rings", "swiss_roll"):
+        with pytest.raises(ValueError, match="n must be a positive int"):
+            toy_data(fn, 0)
+    from minidiff.data.toys import rings, swiss_roll, two_moons
+    for fn in (two_moons, rings, swiss_roll):
+        for noise in (-0.1, float("nan"), True):
+            with pytest.raises(ValueError, match="noise"):
+                fn(10, noise=noise)
+    with pytest.raises(ValueError, match="radii must be a non-empty sequence of positive radii"):
+        rings(10, radii=(1.0, -1.0))
+    with pytest.raises(ValueError, match="unknown toy data set"):
+        toy_data(["moons"], 10)

@@ -367,3 +367,59 @@ def test_classifier_guidance_at_fractional_steps(schedule, gmm, generator):
     torch.testing.assert_close(mid, (schedule.alpha_bar[10] * schedule.alpha_bar[11]).sqrt().expand(6, 1))
     with pytest.raises(ValueError, match=r"t must be a step index in \[0, T-1\]"):
         g.alpha_bar(torch.full((6,), T - 0.5, dtype=torch.float64), x)
+
+
+def test_mixture_references_equal_the_old_formulas_on_both_clocks(schedule, gmm, generator):
+    """The references now share GaussianMixture's math (minidiff.exact); they still give the formulas they
+    replaced: ε*(x, t, y) = −√(1−ᾱ) C_y⁻¹(√ᾱ μ_y − x) and log p_t(y|x) = log_softmax(log w_k + log N_k) —
+    and on the continuous clock the same quantities of p_t = N(m μ_y, m² Σ_y + s² I)."""
+    from minidiff.sde import VESDE, VPSDE, MixtureEps, noised_mixture
+
+    x = 2 * torch.randn(40, 2, generator=generator, dtype=torch.float64)
+    t = torch.randint(0, T, (40,), generator=generator)
+    y = torch.randint(0, 3, (40,), generator=generator)
+    ab = schedule.alpha_bar[t]
+    m_y = ab.sqrt()[:, None] * gmm.means[y]
+    C_y = ab[:, None, None] * gmm.covs[y] + (1 - ab)[:, None, None] * torch.eye(2, dtype=torch.float64)
+    old_eps = -(1 - ab).sqrt()[:, None] * (torch.linalg.inv(C_y) @ (m_y - x)[..., None])[..., 0]
+    torch.testing.assert_close(MixtureConditionalEps(gmm, schedule)(x, t, y), old_eps, rtol=1e-10, atol=1e-10)
+    means, covs = gmm.noised(ab)
+    joint = torch.distributions.MultivariateNormal(means, covs).log_prob(x[:, None]) + gmm.weights.log()
+    torch.testing.assert_close(MixturePosterior(gmm, schedule)(x, t), joint.log_softmax(1), rtol=1e-10, atol=1e-10)
+    for sde in (VPSDE(), VESDE(0.01, 5.0)):
+        for tt in (0.05, 0.6):
+            tb = torch.full((40,), tt, dtype=torch.float64)
+            m, s = (float(v) for v in sde.marginal_coeffs(tt))
+            p_t = noised_mixture(gmm, sde, tt)
+            xg = x.clone().requires_grad_(True)
+            comp = torch.distributions.MultivariateNormal(p_t.means[y], p_t.covs[y]).log_prob(xg)
+            grad, = torch.autograd.grad(comp.sum(), xg)
+            cond_sde = MixtureConditionalEps(gmm, sde)
+            torch.testing.assert_close(cond_sde(x, tb, y), -s * grad, rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(cond_sde(x, tb, torch.full((40,), 3)), MixtureEps(gmm, sde)(x, tb), rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(MixturePosterior(gmm, sde)(x, tb).exp(), p_t.posterior(x), rtol=1e-9, atol=1e-12)
+    # an int label is broadcast to the batch
+    torch.testing.assert_close(MixtureConditionalEps(gmm, schedule)(x, t, 1),
+                               MixtureConditionalEps(gmm, schedule)(x, t, torch.ones(40, dtype=torch.long)))
+
+
+def test_mixture_reference_construction_errors(schedule, gmm):
+    from minidiff.sde import MixtureEps, VPSDE, noised_mixture
+
+    with pytest.raises(ValueError, match="must be a NoiseSchedule .* or an SDE"):
+        MixtureEps(gmm, "linear")
+    with pytest.raises(ValueError, match="gmm must be a minidiff.data.GaussianMixture"):
+        MixturePosterior(torch.zeros(3, 2), schedule)
+    with pytest.raises(ValueError, match="conditional must be True or False"):
+        MixtureEps(gmm, schedule, conditional=1)
+    cond, t = MixtureConditionalEps(gmm, schedule), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="cond must be integer class labels"):
+        cond(torch.zeros(4, 2), t, torch.zeros(4))
+    with pytest.raises(ValueError, match=r"cond must have shape \(B,\)=\(4,\)"):
+        cond(torch.zeros(4, 2), t, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="unconditional; got cond"):
+        gmm.optimal_eps_model(schedule)(torch.zeros(4, 2), t, torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"t must be in \[0, 1\]"):
+        MixturePosterior(gmm, VPSDE())(torch.zeros(4, 2), torch.full((4,), 2.0))
+    with pytest.raises(ValueError, match="one time t"):
+        noised_mixture(gmm, VPSDE(), torch.tensor([0.1, 0.2]))

@@ -187,3 +187,37 @@ def test_ode_errors():
         ode_log_likelihood(eps, sde, torch.zeros(4, 3))
     with pytest.raises(ValueError, match="bin_width"):
         dequantized_nll(eps, sde, x, 0.0)
+
+
+def test_ode_numeric_arguments_are_validated():
+    ring = GaussianMixture.ring()
+    sde = VPSDE()
+    eps = MixtureEps(ring, sde)
+    x = torch.zeros(4, 2)
+    nan, inf = float("nan"), float("inf")
+    # steps=0 used to return the prior's log p without integrating
+    for steps in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="steps must be a positive int"):
+            ode_log_likelihood(eps, sde, x, solver="rk4", steps=steps)
+        with pytest.raises(ValueError, match="steps must be a positive int"):
+            list(ode_loop(eps, sde, x, steps, "heun"))
+    for name in ("rtol", "atol"):
+        for value in (0.0, -1e-5, nan, inf, True):
+            with pytest.raises(ValueError, match=f"{name} must be"):
+                ode_log_likelihood(eps, sde, x, **{name: value})
+            with pytest.raises(ValueError, match=f"{name} must be"):
+                list(ode_loop(eps, sde, x, 2, "rk45", **{name: value}))
+    for t_eps in (nan, -0.1, True):
+        with pytest.raises(ValueError, match="t_eps must be"):
+            ode_log_likelihood(eps, sde, x, t_eps=t_eps)
+    for n_probes in (1.5, True, -1):
+        with pytest.raises(ValueError, match="n_probes must be a positive int"):
+            ode_log_likelihood(eps, sde, x, "hutchinson", n_probes=n_probes)
+    with pytest.raises(ValueError, match="x must be finite"):
+        ode_log_likelihood(eps, sde, torch.full((4, 2), nan))
+    for bin_width in (nan, inf, -0.1, True):
+        with pytest.raises(ValueError, match="bin_width must be"):
+            dequantized_nll(eps, sde, x, bin_width)
+    for n_samples in (0, 1.5, True):
+        with pytest.raises(ValueError, match="n_samples must be a positive int"):
+            dequantized_nll(eps, sde, x, 0.1, n_samples=n_samples)

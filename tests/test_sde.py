@@ -293,3 +293,53 @@ def test_name_and_shape_errors(ring):
         VPSDE(beta_min=0.0)
     with pytest.raises(ValueError, match="sigma_min < sigma_max"):
         VESDE(1.0, 0.5)
+
+
+def test_numeric_arguments_are_validated(ring):
+    nan, inf = float("nan"), float("inf")
+    for kwargs, match in (({"beta_min": nan}, "beta_min"), ({"beta_min": True}, "beta_min must be a real number"),
+                          ({"beta_max": inf}, "beta_max"), ({"beta_min": 30.0}, "beta_min <= beta_max"),
+                          ({"beta_max": -1.0}, "beta_max must be > 0")):
+        with pytest.raises(ValueError, match=match):
+            VPSDE(**kwargs)
+    for kwargs, match in (({"sigma_min": 0.0}, "sigma_min must be > 0"), ({"sigma_max": inf}, "sigma_max"),
+                          ({"sigma_min": nan}, "sigma_min"), ({"sigma_max": False}, "sigma_max must be a real number")):
+        with pytest.raises(ValueError, match=match):
+            VESDE(**kwargs)
+    with pytest.raises(ValueError, match="unknown SDE"):
+        make_sde(["vp"])
+    sde, x = VPSDE(), torch.zeros(4, 2)
+    eps = MixtureEps(ring, sde)
+    for dt in (0.0, nan, inf, True):
+        with pytest.raises(ValueError, match="dt must be"):
+            em_step(sde, x, 0.5, dt, x)
+        with pytest.raises(ValueError, match="dt must be"):
+            sde.discretize(x, 0.5, dt)
+    for snr in (0.0, -0.1, nan, True):
+        with pytest.raises(ValueError, match="snr must be"):
+            list(pc_loop(eps, sde, x, 2, snr=snr))
+        with pytest.raises(ValueError, match="snr must be"):
+            langevin_step(x, x + 1, snr)
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        langevin_step(x, x + 1, 0.1, alpha=0.0)
+    with pytest.raises(ValueError, match="score must have the shape of x"):
+        langevin_step(x, torch.zeros(4, 3), 0.1)
+    for n in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="n_corrector must be a non-negative int"):
+            list(pc_loop(eps, sde, x, 2, n_corrector=n))
+    for steps in (0, 2.0, True):
+        with pytest.raises(ValueError, match="steps must be a positive int"):
+            sample_sde(eps, sde, (4, 2), "pc", steps)
+    for t_eps in (-0.1, 1.0, nan):
+        with pytest.raises(ValueError, match="t_eps must be"):
+            sample_sde(eps, sde, (4, 2), "euler_maruyama", 2, t_eps=t_eps)
+    for shape in ((4,), (4, 0), (4, 2.0), "4x2"):
+        with pytest.raises(ValueError, match="shape must be a batched shape"):
+            sample_sde(eps, sde, shape)
+    for t_eps in (0.0, 1.0, nan, True):
+        with pytest.raises(ValueError, match="t_eps"):
+            dsm_loss(sde, t_eps=t_eps)
+    with pytest.raises(ValueError, match="sde must be an SDE"):
+        dsm_loss(NoiseSchedule.linear(10))
+    with pytest.raises(ValueError, match="must be a real number"):
+        check_time("0.5")
