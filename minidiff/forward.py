@@ -175,8 +175,9 @@ def elbo_terms(eps_model: EpsModel, schedule: NoiseSchedule, x0: Tensor, *, cond
     """The negative ELBO of each x_0, term by term, in nats  (DDPM eq. 5).
 
     x0: (B, *shape). Each L_{t-1} is a one-sample Monte-Carlo estimate over x_t ~ q(x_t | x_0) of a
-    closed-form Gaussian KL; ``chunk`` timesteps are evaluated per model call for speed (default:
-    as many as fit in about 2^20 data values per call).
+    closed-form Gaussian KL; ``chunk`` (a positive int) timesteps are evaluated per model call for
+    speed (default None: as many as fit in about 2^20 data values per call). ``cond`` is None, a
+    tensor (B, ...) or a mapping of named tensors (:mod:`minidiff.cond`), repeated once per timestep.
     decoder: "discretized" (data on a grid, gives an upper bound on the discrete NLL) or
     "gaussian" (continuous data: bounds −log p_θ(x_0) as a density).
 
@@ -263,6 +264,8 @@ def _sum_dims(x: Tensor) -> Tensor:
 
 
 def _same_shape(**tensors: Tensor) -> None:
+    for name, v in tensors.items():
+        check_tensor(v, name, floating=True)
     shapes = {name: tuple(v.shape) for name, v in tensors.items()}
     if len(set(shapes.values())) > 1:
         raise ValueError(f"shapes must match, got {shapes}")

@@ -192,9 +192,10 @@ class NoiseSchedule:
             got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
             raise ValueError(f"values must be a per-step tensor of shape (T,)=({self.T},) such as "
                              f"schedule.alpha_bar, got {got}")
-        if not isinstance(x, Tensor) or x.ndim < 1:
-            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"x must be a batched tensor (B, *shape) to broadcast against, got {got}")
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a tensor (B, *shape) to broadcast against, got {type(x).__name__}")
+        if x.ndim < 1:
+            raise ValueError(f"x must be a batched tensor (B, *shape) to broadcast against, got a 0-d tensor")
         if isinstance(t, int) and not isinstance(t, bool):      # one step for the whole batch
             out = values[int(self.check_t(t))].to(device=x.device, dtype=x.dtype)
             return out.expand(x.shape[0], *([1] * (x.ndim - 1)))

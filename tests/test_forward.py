@@ -309,3 +309,15 @@ def test_bits_per_dim_rejects_bad_num_dims(num_dims, error):
         F.bits_per_dim(torch.ones(1), num_dims)
     with pytest.raises(TypeError, match="nats"):
         F.bits_per_dim("1.0", 64)
+
+
+def test_posterior_and_model_mean_reject_non_tensors(sched):
+    x = torch.zeros(2, 3)
+    with pytest.raises(TypeError, match="x0 must be a torch.Tensor"):
+        F.posterior_mean_var(sched, [[0.0] * 3] * 2, x, 1)
+    with pytest.raises(TypeError, match="eps must be a floating-point tensor"):
+        F.model_mean(sched, x, 1, torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match="x must be a tensor"):
+        F.model_variance(sched, 1, [0.0, 1.0])
+    with pytest.raises(ValueError, match="eps must have the shape of x_t"):
+        F.predicted_x0(sched, x, 1, torch.zeros(2, 1))
