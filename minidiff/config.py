@@ -30,7 +30,8 @@ def _env_flag(name: str) -> bool:
 
 
 def is_quick() -> bool:
-    """True when ``MINIDIFF_QUICK`` is set to 1/true/yes/on (read at call time, not import)."""
+    """True when ``MINIDIFF_QUICK`` is set to 1/true/yes/on, False for unset/0/false/no/off (read at
+    call time, not import); any other value raises a ValueError rather than silently meaning "full"."""
     return _env_flag("MINIDIFF_QUICK")
 
 
