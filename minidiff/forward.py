@@ -190,6 +190,7 @@ def elbo_terms(eps_model: EpsModel, schedule: NoiseSchedule, x0: Tensor, *, cond
     if chunk is not None:
         chunk = check_int(chunk, "chunk (timesteps per model call; None picks one)", 1)
     _check_call(eps_model, schedule, x0, cond)
+    C.check_cond(cond, batch=x0.shape[0])        # the ELBO repeats cond per timestep: it must be data
     _check_generator(generator)
     B, T = x0.shape[0], schedule.T
     with torch.no_grad():
@@ -293,4 +294,5 @@ def _check_call(eps_model: Any, schedule: Any, x0: Any, cond: Any) -> None:
         raise TypeError(f"eps_model must be callable as eps_model(x_t, t, cond), got {type(eps_model).__name__}")
     schedule.check_model(eps_model)
     check_tensor(x0, "x0", floating=True, min_ndim=1, nonempty=True)
-    C.check_cond(cond, batch=x0.shape[0])
+    if C.is_cond(cond):   # other objects (e.g. cascade's LowResCondition) are the model's business
+        C.check_cond(cond, batch=x0.shape[0])

@@ -321,3 +321,15 @@ def test_posterior_and_model_mean_reject_non_tensors(sched):
         F.model_variance(sched, 1, [0.0, 1.0])
     with pytest.raises(ValueError, match="eps must have the shape of x_t"):
         F.predicted_x0(sched, x, 1, torch.zeros(2, 1))
+
+
+def test_l_simple_passes_other_condition_objects_through(sched):
+    """A condition that is neither a tensor nor a mapping (cascade's LowResCondition) is the model's business."""
+    seen = []
+
+    class Box:
+        pass
+
+    box = Box()
+    F.l_simple(lambda x, t, c: seen.append(c) or torch.zeros_like(x), sched, torch.zeros(2, 3), cond=box)
+    assert seen == [box]
