@@ -1,61 +1,104 @@
-"""Argument checks that teach: one place that turns a bad number into a ValueError naming the argument.
+"""Argument checks that teach: one home for "is this a positive int / a finite number in range?".
 
-Used by the continuous-time modules (:mod:`minidiff.clock`, :mod:`minidiff.sde`, :mod:`minidiff.ode`,
-:mod:`minidiff.dsm`) and the toy data (:mod:`minidiff.data.toys`). Python bools are rejected
-everywhere a number is expected (``True`` is an int to Python, never a step count or a tolerance).
+Every public function validates its numeric and enum arguments here, so a bad value fails at the
+call with a message naming the argument, the valid range and the fix, instead of giving a silently
+wrong number (``chunk=-1`` skipping every ELBO term) or an internal error deep in torch or NumPy.
+
+Type problems (a bool, a float where an int is needed, a string) raise ``TypeError``; values of the
+right type outside their range (zero, negative, NaN, inf) raise ``ValueError``.
 """
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["check_real", "check_int"]
+__all__ = ["check_int", "check_real", "check_choice", "check_tensor", "check_positive_tensor"]
+
+
+def check_int(value: Any, name: str, low: int | None = None, high: int | None = None, *, hint: str = "") -> int:
+    """``value`` as an int in [low, high] (either bound optional); bools and floats are TypeErrors.
+
+    Python and NumPy integers and 1-element integer tensors are accepted; ``hint`` is appended to the
+    message (what the argument means, or what to pass instead).
+    """
+    value = _scalar(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}{hint}")
+    value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must be an int in {_interval(low, high, False, False)}, got {value}{hint}")
+    return value
 
 
 def _scalar(value: Any) -> Any:
+    """A 1-element, non-bool tensor as its Python number; anything else unchanged."""
     if isinstance(value, Tensor) and value.numel() == 1 and value.dtype != torch.bool:
         return value.item()
     return value
 
 
-def check_real(value: Any, name: str, *, low: float | None = None, high: float | None = None,
+def check_real(value: Any, name: str, low: float | None = None, high: float | None = None, *,
                low_open: bool = False, high_open: bool = False, hint: str = "") -> float:
-    """``value`` as a finite float in the given range, else a ValueError naming ``name``.
+    """``value`` as a finite float in the interval given by ``low``/``high`` (closed unless ``*_open``).
 
-    ``low``/``high`` are inclusive bounds unless ``low_open``/``high_open``; ``hint`` is appended
-    to the message (what to pass instead).
+    Accepts Python/NumPy numbers and 0-d tensors; rejects bools (TypeError), NaN and ±inf (ValueError).
     """
     value = _scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a real number, got {value!r} ({type(value).__name__}){hint}")
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}{hint}")
     value = float(value)
-    if low is not None and high is not None:
-        want = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    elif low is not None:
-        want = f"{'>' if low_open else '>='} {low:g}"
-    elif high is not None:
-        want = f"{'<' if high_open else '<='} {high:g}"
-    else:
-        want = "finite"
+    interval = _interval(low, high, low_open, high_open)
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number{'' if want == 'finite' else ' ' + want}, got {value}{hint}")
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value}{hint}")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:
-        raise ValueError(f"{name} must be {want}, got {value:g}{hint}")
+        raise ValueError(f"{name} must be in {interval}, got {value:g}{hint}")
     return value
 
 
-def check_int(value: Any, name: str, *, low: int = 1, hint: str = "") -> int:
-    """``value`` as an int >= ``low`` (a Python or NumPy integer, not a bool or a float), else a ValueError."""
-    value = _scalar(value)
-    want = {1: "a positive int", 0: "a non-negative int"}.get(low, f"an int >= {low}")
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be {want}, got {value!r} ({type(value).__name__}){hint}")
-    if value < low:
-        raise ValueError(f"{name} must be {want}, got {value}{hint}")
-    return int(value)
+def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """``value`` if it is one of the names in ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_tensor(value: Any, name: str, *, floating: bool = False, min_ndim: int = 0, nonempty: bool = False) -> Tensor:
+    """``value`` if it is a tensor (floating-point if asked) with at least ``min_ndim`` dims (and a batch)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if floating and not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}; convert it with .float()")
+    if value.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s) (batch first), got shape {tuple(value.shape)}")
+    if nonempty and (value.ndim == 0 or value.shape[0] == 0):
+        raise ValueError(f"{name} is an empty batch, shape {tuple(value.shape)}; pass at least one example")
+    return value
+
+
+def check_positive_tensor(value: Tensor | float, name: str, *, allow_zero: bool = False, upper: float | None = None,
+                          upper_open: bool = False) -> None:
+    """Raise unless every entry of ``value`` (a number or a tensor) is finite and > 0 (≥ 0 with
+    ``allow_zero``) and, with ``upper``, below it (≤ unless ``upper_open``). Used for variances and stds."""
+    v = torch.as_tensor(value) if not isinstance(value, Tensor) else value
+    if isinstance(value, bool) or v.dtype == torch.bool:
+        raise TypeError(f"{name} must be a number or a floating-point tensor, got a bool")
+    if v.numel() == 0:
+        return
+    lo, hi = v.min(), v.max()
+    bad_low = lo < 0 if allow_zero else lo <= 0
+    bad_high = upper is not None and (hi >= upper if upper_open else hi > upper)
+    if bad_low or bad_high or not bool(torch.isfinite(v).all()):
+        interval = _interval(0, upper, not allow_zero, upper_open)
+        raise ValueError(f"{name} must be finite and in {interval}, got min {float(lo):.4g} and max {float(hi):.4g}")
+
+
+def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    left = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
+    right = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
+    return f"{left}, {right}"

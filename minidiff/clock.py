@@ -58,7 +58,7 @@ def check_time(t: Tensor | float, batch: int | None = None, name: str = "t") -> 
 
 def time_grid(steps: int, t_eps: float) -> list[float]:
     """``steps + 1`` evenly spaced times from 1 down to ``t_eps`` (the solvers' grid), as Python floats."""
-    check_int(steps, "steps")
+    check_int(steps, "steps", 1)
     check_real(t_eps, "t_eps", low=0, high=1, high_open=True,
                hint=" (the solvers stop at t_eps; 1e-3 keeps s(t) away from 0)")
     return torch.linspace(1.0, t_eps, steps + 1, dtype=torch.float64).tolist()

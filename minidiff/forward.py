@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import cond as C
+from .checks import check_choice, check_int, check_positive_tensor, check_real, check_tensor
 from .eps import EpsModel, call_eps, eps_to_x0
 from .schedules import NoiseSchedule
 
@@ -35,6 +37,7 @@ __all__ = [
 ]
 
 VARIANCE_KINDS = ("fixed_small", "fixed_large")
+DECODERS = ("discretized", "gaussian")
 
 
 def noise_like(x: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
@@ -42,10 +45,15 @@ def noise_like(x: Tensor, noise: Tensor | None = None, generator: torch.Generato
 
     Drawn on the CPU ``generator`` and then moved to x's device, so a seed gives the same noise on
     every device. Every sampler draws its noise here."""
+    check_tensor(x, "x", floating=True)
     if noise is not None:
+        check_tensor(noise, "noise", floating=True)
         if noise.shape != x.shape:
             raise ValueError(f"noise must have the shape of x {tuple(x.shape)}, got {tuple(noise.shape)}")
+        if noise.device != x.device:
+            raise ValueError(f"noise is on {noise.device} but x is on {x.device}; move it with noise.to(x.device)")
         return noise
+    _check_generator(generator)
     return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
 
 
@@ -55,6 +63,7 @@ def q_sample(schedule: NoiseSchedule, x0: Tensor, t: Tensor | int, noise: Tensor
 
     x0: (B, *shape); t: int or (B,) in [0, T); noise: (B, *shape) or None -> (B, *shape).
     """
+    _check_schedule(schedule)
     noise = noise_like(x0, noise, generator)
     ab = schedule.gather(schedule.alpha_bar, t, x0)
     return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
@@ -66,6 +75,7 @@ def q_step(schedule: NoiseSchedule, x_prev: Tensor, t: Tensor | int, noise: Tens
 
     Iterating this from x_0 gives the same distribution as :func:`q_sample` ("merging Gaussians").
     """
+    _check_schedule(schedule)
     noise = noise_like(x_prev, noise, generator)
     a = schedule.gather(schedule.alphas, t, x_prev)
     return a.sqrt() * x_prev + (1 - a).sqrt() * noise
@@ -77,6 +87,7 @@ def posterior_mean_var(schedule: NoiseSchedule, x0: Tensor, x_t: Tensor, t: Tens
     x0, x_t: (B, *shape); t: (B,) -> mean (B, *shape), variance (B, 1, ..., 1).
     At index t = 0 the variance is 0 and the mean is x_0 (there is nothing left to denoise).
     """
+    _check_schedule(schedule)
     _same_shape(x0=x0, x_t=x_t)
     s = schedule
     beta, ab, ab_prev = (s.gather(v, t, x_t) for v in (s.betas, s.alpha_bar, s.alpha_bar_prev))
@@ -88,6 +99,7 @@ def posterior_mean_var(schedule: NoiseSchedule, x0: Tensor, x_t: Tensor, t: Tens
 def model_mean(schedule: NoiseSchedule, x_t: Tensor, t: Tensor | int, eps: Tensor) -> Tensor:
     """μ_θ(x_t, t) = (x_t − β_t/√(1−ᾱ_t) ε_θ) / √α_t  (DDPM eq. 11): the posterior mean with
     x_0 replaced by its ε-prediction. x_t, eps: (B, *shape) -> (B, *shape)."""
+    _check_schedule(schedule)
     _same_shape(x_t=x_t, eps=eps)
     beta, ab = schedule.gather(schedule.betas, t, x_t), schedule.gather(schedule.alpha_bar, t, x_t)
     return (x_t - beta / (1 - ab).sqrt() * eps) / (1 - beta).sqrt()
@@ -101,8 +113,8 @@ def model_variance(schedule: NoiseSchedule, t: Tensor | int, x: Tensor, kind: st
     kinds use β̃ of index 1 (≈ β_1/2) for the decoder. For continuous data that choice alone costs
     ≈ 0.11 nats per dimension of ELBO (chapter 1 measures it); for discretised data it hardly matters.
     """
-    if kind not in VARIANCE_KINDS:
-        raise ValueError(f"variance kind must be one of {VARIANCE_KINDS}, got {kind!r}")
+    _check_schedule(schedule)
+    check_choice(kind, "variance kind", VARIANCE_KINDS)
     s = schedule
     first = s.posterior_variance[1:2] if s.T > 1 else s.betas[:1]
     rest = s.posterior_variance[1:] if kind == "fixed_small" else s.betas[1:]
@@ -112,15 +124,20 @@ def model_variance(schedule: NoiseSchedule, t: Tensor | int, x: Tensor, kind: st
 def gaussian_kl(mean1: Tensor, var1: Tensor, mean2: Tensor, var2: Tensor) -> Tensor:
     """Elementwise KL(N(mean1, var1) ‖ N(mean2, var2)) in nats (broadcasting).
 
-    KL = ½ [log(var2/var1) + (var1 + (mean1 − mean2)²)/var2 − 1].
+    KL = ½ [log(var2/var1) + (var1 + (mean1 − mean2)²)/var2 − 1]. Variances must be finite and > 0.
     """
+    check_tensor(mean1, "mean1", floating=True)
+    check_positive_tensor(var1, "var1")
+    check_positive_tensor(var2, "var2")
     var1, var2 = torch.as_tensor(var1, dtype=mean1.dtype), torch.as_tensor(var2, dtype=mean1.dtype)
     d = var1 / var2 - 1.0  # r − 1 − log r written as d − log1p(d): no cancellation when r ≈ 1
     return 0.5 * (d - torch.log1p(d) + (mean1 - mean2) ** 2 / var2)
 
 
 def gaussian_log_likelihood(x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-    """Elementwise log N(x; mean, var) in nats (continuous density)."""
+    """Elementwise log N(x; mean, var) in nats (continuous density); var finite and > 0."""
+    check_tensor(x, "x", floating=True)
+    check_positive_tensor(var, "var")
     var = torch.as_tensor(var, dtype=x.dtype)
     return -0.5 * (math.log(2 * math.pi) + torch.log(var) + (x - mean) ** 2 / var)
 
@@ -132,9 +149,10 @@ def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, var: Tensor, bi
     probabilities of all bins sum to 1. ``bin_width`` = 2/255 for 8-bit images, 2/16 for the
     17-level scikit-learn digits.
     """
-    if not 0 < bin_width <= 2:
-        raise ValueError(f"bin_width must be in (0, 2], got {bin_width}")
-    if x.min() < -1 - 1e-6 or x.max() > 1 + 1e-6:
+    bin_width = check_real(bin_width, "bin_width", 0, 2, low_open=True)
+    check_tensor(x, "x", floating=True)
+    check_positive_tensor(var, "var")
+    if x.numel() and (x.min() < -1 - 1e-6 or x.max() > 1 + 1e-6):
         raise ValueError(f"x must lie in [-1, 1] for the discretised decoder, got [{x.min():.3f}, {x.max():.3f}]")
     std = torch.as_tensor(var, dtype=x.dtype).sqrt()
     normal = torch.distributions.Normal(mean, std)
@@ -157,17 +175,23 @@ def elbo_terms(eps_model: EpsModel, schedule: NoiseSchedule, x0: Tensor, *, cond
     """The negative ELBO of each x_0, term by term, in nats  (DDPM eq. 5).
 
     x0: (B, *shape). Each L_{t-1} is a one-sample Monte-Carlo estimate over x_t ~ q(x_t | x_0) of a
-    closed-form Gaussian KL; ``chunk`` timesteps are evaluated per model call for speed (default:
-    as many as fit in about 2^20 data values per call).
+    closed-form Gaussian KL; ``chunk`` (a positive int) timesteps are evaluated per model call for
+    speed (default None: as many as fit in about 2^20 data values per call). ``cond`` is None, a
+    tensor (B, ...) or a mapping of named tensors (:mod:`minidiff.cond`), repeated once per timestep.
     decoder: "discretized" (data on a grid, gives an upper bound on the discrete NLL) or
     "gaussian" (continuous data: bounds −log p_θ(x_0) as a density).
 
     Returns ``prior`` L_T: (B,), ``diffusion`` [L_1 … L_{T-1}]: (B, T−1) (column j is the KL at index
     j+1), ``decoder`` L_0: (B,), and ``total``: (B,). All no-grad.
     """
-    if decoder not in ("discretized", "gaussian"):
-        raise ValueError(f"decoder must be 'discretized' or 'gaussian', got {decoder!r}")
-    schedule.check_model(eps_model)
+    check_choice(decoder, "decoder", DECODERS)
+    check_choice(variance, "variance", VARIANCE_KINDS)
+    bin_width = check_real(bin_width, "bin_width", 0, 2, low_open=True)
+    if chunk is not None:
+        chunk = check_int(chunk, "chunk (timesteps per model call; None picks one)", 1)
+    _check_call(eps_model, schedule, x0, cond)
+    C.check_cond(cond, batch=x0.shape[0])        # the ELBO repeats cond per timestep: it must be data
+    _check_generator(generator)
     B, T = x0.shape[0], schedule.T
     with torch.no_grad():
         ab_T = schedule.gather(schedule.alpha_bar, T - 1, x0)
@@ -188,7 +212,7 @@ def _kl_terms(eps_model, schedule, x0, ts, cond, variance, generator) -> Tensor:
     x0_rep = x0.repeat(k, *([1] * (x0.ndim - 1)))               # (k·B, *shape), t-major
     t_rep = ts.repeat_interleave(B).to(x0.device)
     x_t = q_sample(schedule, x0_rep, t_rep, generator=generator)
-    eps = call_eps(eps_model, x_t, t_rep, _repeat_cond(cond, k))
+    eps = call_eps(eps_model, x_t, t_rep, C.repeat(cond, k))
     mean_q, var_q = posterior_mean_var(schedule, x0_rep, x_t, t_rep)
     mean_p = model_mean(schedule, x_t, t_rep, eps)
     var_p = model_variance(schedule, t_rep, x_t, variance)
@@ -208,8 +232,9 @@ def _decoder_nll(eps_model, schedule, x0, cond, decoder, bin_width, variance, ge
 
 def bits_per_dim(nats: Tensor, num_dims: int) -> Tensor:
     """Convert a negative log-likelihood in nats (per example) to bits per dimension."""
-    if num_dims < 1:
-        raise ValueError(f"num_dims must be positive, got {num_dims}")
+    num_dims = check_int(num_dims, "num_dims (data dimensions per example, e.g. x[0].numel())", 1)
+    if isinstance(nats, bool) or not isinstance(nats, (Tensor, float, int)):
+        raise TypeError(f"nats must be a tensor or a number, got {type(nats).__name__}")
     return nats / (num_dims * math.log(2))
 
 
@@ -220,7 +245,8 @@ def l_simple(eps_model: EpsModel, schedule: NoiseSchedule, x0: Tensor, t: Tensor
     t ~ Uniform{0..T−1} and ε ~ N(0, I) unless given. The squared error is averaged over
     dimensions (not summed) so the loss scale does not depend on image size.
     """
-    schedule.check_model(eps_model)
+    _check_call(eps_model, schedule, x0, cond)
+    _check_generator(generator)
     if t is None:
         t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator).to(x0.device)
     t = schedule.check_t(t, batch=x0.shape[0])
@@ -235,18 +261,38 @@ def predicted_x0(schedule: NoiseSchedule, x_t: Tensor, t: Tensor | int, eps: Ten
 
 
 def _sum_dims(x: Tensor) -> Tensor:
-    return x.reshape(x.shape[0], -1).sum(1)
+    return x.sum(dim=tuple(range(1, x.ndim))) if x.ndim > 1 else x
 
 
 def _same_shape(**tensors: Tensor) -> None:
+    for name, v in tensors.items():
+        check_tensor(v, name, floating=True)
     shapes = {name: tuple(v.shape) for name, v in tensors.items()}
     if len(set(shapes.values())) > 1:
         raise ValueError(f"shapes must match, got {shapes}")
 
 
-def _repeat_cond(cond: Any, k: int) -> Any:
-    if cond is None:
-        return None
-    if isinstance(cond, Tensor):
-        return cond.repeat(k, *([1] * (cond.ndim - 1)))
-    raise TypeError(f"cond must be a tensor (or None) to evaluate the ELBO, got {type(cond).__name__}")
+def _check_schedule(schedule: Any) -> None:
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"schedule must be a minidiff NoiseSchedule (e.g. NoiseSchedule.linear(1000)), "
+                        f"got {type(schedule).__name__}")
+
+
+def _check_generator(generator: Any) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}; "
+                        "make one with torch.Generator().manual_seed(seed)")
+    if generator is not None and generator.device.type != "cpu":
+        raise ValueError(f"generator must be a CPU generator (noise is drawn on the CPU, then moved), "
+                         f"got one on {generator.device}")
+
+
+def _check_call(eps_model: Any, schedule: Any, x0: Any, cond: Any) -> None:
+    """Checks shared by the losses: a callable model for this schedule, a non-empty float batch, a matching cond."""
+    _check_schedule(schedule)
+    if not callable(eps_model):
+        raise TypeError(f"eps_model must be callable as eps_model(x_t, t, cond), got {type(eps_model).__name__}")
+    schedule.check_model(eps_model)
+    check_tensor(x0, "x0", floating=True, min_ndim=1, nonempty=True)
+    if C.is_cond(cond):   # other objects (e.g. cascade's LowResCondition) are the model's business
+        C.check_cond(cond, batch=x0.shape[0])

@@ -9,7 +9,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import numbers
+import random
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +22,7 @@ from torch import Tensor, nn
 
 from .cache import load_or_train
 from .checkpoint import record_config
+from .checks import check_int, check_real, check_tensor
 from .data.digits import digits
 from .train import fit
 
@@ -25,20 +30,22 @@ __all__ = ["mmd", "frechet_distance", "DigitClassifier", "digit_classifier", "di
            "precision_recall"]
 
 
-def mmd(x: Tensor, y: Tensor, bandwidths: tuple[float, ...] | None = None) -> float:
+def mmd(x: Tensor, y: Tensor, bandwidths: Sequence[float] | float | None = None) -> float:
     """Unbiased MMD² between samples x: (N, D) and y: (M, D) with a sum of RBF kernels
     (Gretton et al. 2012, eq. 3). Default bandwidths: the median pairwise distance × (0.5, 1, 2).
-    0 in expectation iff the distributions are equal; can be slightly negative by chance."""
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must be (N, D) and (M, D) with the same D, got {tuple(x.shape)}, {tuple(y.shape)}")
-    if len(x) < 2 or len(y) < 2:
-        raise ValueError("MMD needs at least 2 samples on each side")
+    0 in expectation iff the distributions are equal; can be slightly negative by chance.
+    bandwidths: one or more finite numbers > 0."""
+    _check_feature_pair(x, y, "x", "y", min_n=2)
     x, y = x.double(), y.double()
-    z = torch.cat([x, y])
+    z = torch.cat([x.to(y.device), y])
     d2 = torch.cdist(z, z).pow(2)
     if bandwidths is None:
+        if not (d2 > 0).any():
+            raise ValueError("every point of x and y is the same, so there is no median distance to set the "
+                             "bandwidths from; pass bandwidths=(...) explicitly")
         med = d2[d2 > 0].median().sqrt().item()
         bandwidths = (0.5 * med, med, 2 * med)
+    bandwidths = _check_bandwidths(bandwidths)
     k = sum(torch.exp(-d2 / (2 * h**2)) for h in bandwidths)
     n, m = len(x), len(y)
     kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
@@ -47,12 +54,12 @@ def mmd(x: Tensor, y: Tensor, bandwidths: tuple[float, ...] | None = None) -> fl
 
 def frechet_distance(feats_a: Tensor, feats_b: Tensor) -> float:
     """‖μ_a − μ_b‖² + tr(Σ_a + Σ_b − 2 (Σ_a^{1/2} Σ_b Σ_a^{1/2})^{1/2}) between Gaussians fitted to
-    features (N, F) and (M, F). The trace term uses a symmetric eigen-decomposition (stable)."""
-    if feats_a.ndim != 2 or feats_b.ndim != 2 or feats_a.shape[1] != feats_b.shape[1]:
-        raise ValueError(f"features must be (N, F) and (M, F), got {tuple(feats_a.shape)}, {tuple(feats_b.shape)}")
+    features (N, F) and (M, F), N, M >= 2 (a covariance needs two points). The trace term uses a
+    symmetric eigen-decomposition (stable)."""
+    _check_feature_pair(feats_a, feats_b, "feats_a", "feats_b", min_n=2)
     a, b = feats_a.double().cpu().numpy(), feats_b.double().cpu().numpy()
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
     w, v = np.linalg.eigh(cov_a)
     root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
     cross = np.linalg.eigvalsh(root_a @ cov_b @ root_a)
@@ -98,21 +105,48 @@ CLASSIFIER_CONFIG = {"arch": "DigitClassifier", "width": 32, "steps": 1500, "bat
 
 def digit_classifier(use_cache: bool = True) -> DigitClassifier:
     """The course's digit classifier (≈ 98.6 % held-out accuracy), trained once (~15 s on a laptop
-    CPU) and cached on disk. It is a *metric*: never use it for guidance."""
+    CPU) and cached on disk. It is a *metric*: never use it for guidance.
+
+    Deterministic (the same weights from an empty cache every time) without touching the global
+    RNGs: the initialisation draws from torch's RNG inside a fork that is restored afterwards.
+    """
+    if not isinstance(use_cache, bool):
+        raise TypeError(f"use_cache must be True or False, got {type(use_cache).__name__}")
     cfg = CLASSIFIER_CONFIG
-    torch.manual_seed(cfg["seed"])
-    model = DigitClassifier(cfg["width"])
 
     def train_fn(m: nn.Module) -> None:
         fit(m, _ce_loss, digits("train"), steps=cfg["steps"], batch_size=cfg["batch"], lr=cfg["lr"],
             seed=cfg["seed"], desc="digit classifier")
 
-    return load_or_train("digit_classifier", cfg, model, train_fn, use_cache=use_cache).requires_grad_(False)
+    with _global_rng_untouched():
+        torch.manual_seed(cfg["seed"])        # nn.Linear/Conv2d initialise from the global RNG
+        model = DigitClassifier(cfg["width"])
+        model = load_or_train("digit_classifier", cfg, model, train_fn, use_cache=use_cache)
+    return model.requires_grad_(False)
+
+
+@contextlib.contextmanager
+def _global_rng_untouched() -> Iterator[None]:
+    """Run a block and then restore the global RNG states of torch (CPU), NumPy and ``random``."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 @torch.no_grad()
 def classifier_accuracy(classifier: nn.Module, images: Tensor, labels: Tensor) -> float:
-    """Fraction of ``images`` (B, 1, H, W) the classifier labels as ``labels`` (B,)."""
+    """Fraction of ``images`` (B, 1, H, W) the classifier labels as ``labels`` (B,) integer classes."""
+    check_tensor(images, "images", floating=True, min_ndim=1, nonempty=True)
+    check_tensor(labels, "labels")
+    if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
+        raise TypeError(f"labels must hold integer classes, got dtype {labels.dtype}; use labels.long()")
+    if tuple(labels.shape) != (images.shape[0],):
+        raise ValueError(f"labels must have shape (B,)=({images.shape[0]},) to match images "
+                         f"{tuple(images.shape)}, got {tuple(labels.shape)}")
     return float((classifier(images).argmax(1) == labels.to(images.device)).float().mean())
 
 
@@ -125,8 +159,12 @@ def digit_metrics(samples: Tensor, classifier: DigitClassifier, reference: Tenso
     class is equally covered), and ``frechet`` (Fréchet distance of classifier features to the
     reference set; lower is better).
     """
-    if samples.ndim != 4:
-        raise ValueError(f"samples must be images (B, 1, H, W), got {tuple(samples.shape)}")
+    for name, images in (("samples", samples), ("reference", reference)):
+        check_tensor(images, name, floating=True)
+        if images.ndim != 4 or images.shape[1] != 1 or images.shape[0] < 2:
+            raise ValueError(f"{name} must be at least 2 grey-scale images (B, 1, H, W), got {tuple(images.shape)}")
+        if not torch.isfinite(images).all():
+            raise ValueError(f"{name} contain NaN or inf; a diverged sampler? Check the samples first")
     samples = samples.clamp(-1, 1)
     probs = classifier(samples).softmax(1)
     marginal = probs.mean(0)
@@ -147,10 +185,8 @@ def precision_recall(real_feats: Tensor, fake_feats: Tensor, k: int = 3) -> dict
     manifold (diversity). real_feats: (N, F), fake_feats: (M, F), e.g. digit-classifier features;
     k < min(N, M). Returns ``{"precision", "recall"}`` in [0, 1].
     """
-    if real_feats.ndim != 2 or fake_feats.ndim != 2 or real_feats.shape[1] != fake_feats.shape[1]:
-        raise ValueError(f"features must be (N, F) and (M, F), got {tuple(real_feats.shape)}, {tuple(fake_feats.shape)}")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < min(len(real_feats), len(fake_feats)):
-        raise ValueError(f"k must be an int in [1, min(N, M)) = [1, {min(len(real_feats), len(fake_feats))}), got {k!r}")
+    _check_feature_pair(real_feats, fake_feats, "real_feats", "fake_feats", min_n=2)
+    k = check_int(k, "k (nearest neighbour defining each ball)", 1, min(len(real_feats), len(fake_feats)) - 1)
     real, fake = real_feats.double(), fake_feats.double()
 
     def radii(x: Tensor) -> Tensor:
@@ -161,3 +197,25 @@ def precision_recall(real_feats: Tensor, fake_feats: Tensor, k: int = 3) -> dict
         return float((torch.cdist(points, centres) <= r[None, :]).any(dim=1).double().mean())
 
     return {"precision": coverage(fake, real, radii(real)), "recall": coverage(real, fake, radii(fake))}
+
+
+def _check_feature_pair(a: Tensor, b: Tensor, name_a: str, name_b: str, min_n: int) -> None:
+    """Two finite feature sets (N, F) and (M, F) with the same F and at least ``min_n`` rows each."""
+    for name, v in ((name_a, a), (name_b, b)):
+        check_tensor(v, name)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"features {name_a} and {name_b} must be (N, F) and (M, F) with the same F, "
+                         f"got {tuple(a.shape)}, {tuple(b.shape)}")
+    for name, v in ((name_a, a), (name_b, b)):
+        if len(v) < min_n:
+            raise ValueError(f"{name} needs at least {min_n} samples (rows), got {len(v)}")
+        if not torch.isfinite(v).all():
+            raise ValueError(f"{name} contains NaN or inf; check the samples or features that produced it")
+
+
+def _check_bandwidths(bandwidths: Sequence[float] | float) -> tuple[float, ...]:
+    if isinstance(bandwidths, numbers.Real) and not isinstance(bandwidths, bool):
+        bandwidths = (bandwidths,)
+    if isinstance(bandwidths, (str, bytes)) or not isinstance(bandwidths, Sequence) or len(bandwidths) == 0:
+        raise TypeError(f"bandwidths must be a number or a non-empty sequence of numbers > 0, got {bandwidths!r}")
+    return tuple(check_real(h, f"bandwidths[{i}]", 0, low_open=True) for i, h in enumerate(bandwidths))

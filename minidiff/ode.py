@@ -185,9 +185,9 @@ def ode_log_likelihood(eps_model: EpsModel, sde: SDE, x: Tensor, method: str = "
         raise ValueError(f"method must be one of {DIVERGENCES}, got {method!r}")
     _check_method(solver)
     _check_tolerances(rtol, atol)
-    steps = check_int(steps, "steps", hint=" (fixed-step solvers take this many steps from t_eps to 1)")
+    steps = check_int(steps, "steps", 1, hint=" (fixed-step solvers take this many steps from t_eps to 1)")
     t_eps = check_real(t_eps, "t_eps", low=0, high=1, high_open=True, hint=" (the likelihood is that of p_{t_eps})")
-    n_probes = check_int(n_probes, "n_probes", hint=" (Rademacher probes per Hutchinson estimate)")
+    n_probes = check_int(n_probes, "n_probes", 1, hint=" (Rademacher probes per Hutchinson estimate)")
     if not isinstance(x, Tensor) or x.ndim < 2:
         raise ValueError(f"x must be batched, shape (B, *shape), got {getattr(x, 'shape', type(x).__name__)}")
     if not torch.isfinite(x).all():
@@ -225,7 +225,7 @@ def dequantized_nll(eps_model: EpsModel, sde: SDE, x: Tensor, bin_width: float, 
     ``kwargs`` go to :func:`ode_log_likelihood`. Comparable with the discretised ELBO of chapters 1–2."""
     bin_width = check_real(bin_width, "bin_width", low=0, low_open=True,
                            hint=" (the spacing of the data grid, e.g. DIGITS_BIN_WIDTH = 2/16)")
-    n_samples = check_int(n_samples, "n_samples", hint=" (dequantisation draws to average)")
+    n_samples = check_int(n_samples, "n_samples", 1, hint=" (dequantisation draws to average)")
     D = x[0].numel()
     total = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     for _ in range(n_samples):

@@ -15,10 +15,13 @@ float32) and cast to the dtype/device of the tensor it multiplies by :meth:`Nois
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor
+
+from .checks import check_int, check_real
 
 __all__ = ["NoiseSchedule"]
 
@@ -31,7 +34,14 @@ class NoiseSchedule:
     """
 
     def __init__(self, betas: Tensor | list[float], name: str = "custom") -> None:
-        betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
+        if isinstance(betas, Tensor) and (betas.dtype == torch.bool or betas.is_complex()):
+            raise TypeError(f"betas must be real numbers, got a {betas.dtype} tensor")
+        try:
+            betas = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"betas must be a 1-D tensor or list of floats (T,), got {type(betas).__name__}") from err
         if betas.ndim != 1 or betas.numel() < 1:
             raise ValueError(f"betas must be a non-empty 1-D tensor (T,), got shape {tuple(betas.shape)}")
         if not torch.isfinite(betas).all() or (betas <= 0).any() or (betas >= 1).any():
@@ -76,8 +86,8 @@ class NoiseSchedule:
         starting one step later (``t_start=T−2``) or ``clip_x0`` avoids it.
         """
         _check_T(T)
-        if not 0 < max_beta < 1:
-            raise ValueError(f"max_beta must be in (0, 1), got {max_beta}")
+        s = check_real(s, "s (cosine offset)", 0)
+        max_beta = check_real(max_beta, "max_beta", 0, 1, low_open=True, high_open=True)
         u = torch.arange(T + 1, dtype=torch.float64) / T
         f = torch.cos((u + s) / (1 + s) * math.pi / 2) ** 2
         betas = (1.0 - f[1:] / f[:-1]).clamp(max=max_beta)
@@ -100,9 +110,15 @@ class NoiseSchedule:
                 "from_diffusers expects a diffusers scheduler, its .config or a dict, "
                 f"got {type(scheduler_or_config).__name__}"
             )
-        T = int(config.get("num_train_timesteps", 1000))
+        T = check_int(config.get("num_train_timesteps", 1000), "config['num_train_timesteps']", 1)
+        if config.get("rescale_betas_zero_snr", False):
+            raise ValueError("rescale_betas_zero_snr=True makes the last ᾱ exactly 0 (β_T = 1), which minidiff's "
+                             "ε-parametrised formulas cannot represent; build the scheduler without it")
         if config.get("trained_betas") is not None:
-            return cls(torch.as_tensor(config["trained_betas"], dtype=torch.float64), name="trained")
+            trained = cls(config["trained_betas"], name="trained")
+            if "num_train_timesteps" in config and trained.T != T:
+                raise ValueError(f"trained_betas has {trained.T} entries but num_train_timesteps={T}; make them agree")
+            return trained
         kind = config.get("beta_schedule", "linear")
         start, end = config.get("beta_start", 1e-4), config.get("beta_end", 0.02)
         if kind == "linear":
@@ -138,6 +154,8 @@ class NoiseSchedule:
         t: int or (B,) integer tensor in [0, T). With ``batch`` given, an int or a 0-d tensor is
         broadcast to (batch,), and a (B,) tensor must have B == batch.
         """
+        if isinstance(t, numbers.Integral) and not isinstance(t, bool):
+            t = int(t)                 # a NumPy integer is an int too
         if isinstance(t, int) and not isinstance(t, bool) and batch is None:
             if not 0 <= t < self.T:   # the samplers' per-step path: a Python int, no tensor reductions
                 raise ValueError(f"t must be in [0, T)=[0, {self.T}), got {t}")
@@ -158,6 +176,7 @@ class NoiseSchedule:
             )
         t = t.long()
         if batch is not None:
+            batch = check_int(batch, "batch", 0)
             if t.ndim == 0:
                 t = t.expand(batch)
             elif t.shape[0] != batch:
@@ -169,6 +188,14 @@ class NoiseSchedule:
 
         Cast to ``x``'s dtype and device, so coefficients never silently upcast a float32 model.
         """
+        if not isinstance(values, Tensor) or tuple(values.shape) != (self.T,):
+            got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+            raise ValueError(f"values must be a per-step tensor of shape (T,)=({self.T},) such as "
+                             f"schedule.alpha_bar, got {got}")
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a tensor (B, *shape) to broadcast against, got {type(x).__name__}")
+        if x.ndim < 1:
+            raise ValueError(f"x must be a batched tensor (B, *shape) to broadcast against, got a 0-d tensor")
         if isinstance(t, int) and not isinstance(t, bool):      # one step for the whole batch
             out = values[int(self.check_t(t))].to(device=x.device, dtype=x.dtype)
             return out.expand(x.shape[0], *([1] * (x.ndim - 1)))
@@ -220,11 +247,12 @@ class NoiseSchedule:
 
 
 def _check_T(T: int) -> None:
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"T (number of steps) must be a positive int, got {T!r}")
+    check_int(T, "T (number of steps)", 1)
 
 
 def _check_beta_range(beta_start: float, beta_end: float) -> None:
-    for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
-        if not 0 < value < 1:
-            raise ValueError(f"{name} must be in (0, 1), got {value}")
+    start = check_real(beta_start, "beta_start", 0, 1, low_open=True, high_open=True)
+    end = check_real(beta_end, "beta_end", 0, 1, low_open=True, high_open=True)
+    if start > end:
+        raise ValueError(f"beta_start={start:g} > beta_end={end:g}: β must not decrease (noise is added ever "
+                         "faster); swap them, or build the betas yourself with NoiseSchedule(betas)")

@@ -37,3 +37,50 @@ def test_call_eps_passes_cond_only_when_given_and_checks_shape():
         call_eps(lambda x, t: x[:, :2], torch.ones(2, 3), torch.zeros(2))
     with pytest.raises(ValueError, match="shaped like x_t"):
         call_eps(lambda x, t: None, torch.ones(2, 3), torch.zeros(2))
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+def test_conversions_reject_alpha_bar_outside_their_range():
+    x, e = torch.zeros(2, 3), torch.zeros(2, 3)
+    for ab in (0.0, -0.1, 1.5, NAN, INF, torch.tensor([[0.5], [0.0]])):
+        with pytest.raises(ValueError, match=r"alpha_bar must be finite and in \(0, 1\]"):
+            eps_to_x0(x, e, ab)
+    for ab in (1.0, -0.1, 1.5, NAN, torch.tensor([[0.5], [1.0]])):
+        with pytest.raises(ValueError, match=r"alpha_bar must be finite and in \[0, 1\)"):
+            x0_to_eps(x, e, ab)
+    assert torch.equal(eps_to_x0(x + 2, e + 5, 1.0), x + 2)           # ᾱ = 1: no noise, x̂_0 = x_t
+    assert torch.equal(x0_to_eps(x + 2, e + 5, 0.0), x + 2)           # ᾱ = 0: pure noise, ε = x_t
+    with pytest.raises(TypeError, match="bool"):
+        eps_to_x0(x, e, True)
+
+
+def test_conversions_reject_shapes_that_would_broadcast_wrongly():
+    """(B,) against (B, D) would broadcast along the data axis when B == D: a silent mix-up."""
+    x, e = torch.zeros(3, 3), torch.zeros(3, 3)
+    with pytest.raises(ValueError, match=r"alpha_bar must be a number or shaped .* \(B, 1\)"):
+        eps_to_x0(x, e, torch.full((3,), 0.5))
+    with pytest.raises(ValueError, match="std must be a number or shaped"):
+        eps_to_score(e, torch.ones(3))
+    with pytest.raises(ValueError, match="eps must have the shape of x_t"):
+        eps_to_x0(x, torch.zeros(3, 1), 0.5)
+    with pytest.raises(ValueError, match="x0 must have the shape of x_t"):
+        x0_to_eps(x, torch.zeros(1, 3), 0.5)
+    with pytest.raises(TypeError, match="floating-point"):
+        eps_to_x0(torch.zeros(3, 3, dtype=torch.long), e, 0.5)
+    assert eps_to_x0(x, e, torch.full((3, 1), 0.5)).shape == (3, 3)
+
+
+def test_score_conversions_reject_non_positive_std():
+    e = torch.ones(2, 2)
+    for std in (0.0, -1.0, NAN, INF, torch.tensor([[1.0], [0.0]])):
+        with pytest.raises(ValueError, match=r"std must be finite and in \(0, inf\)"):
+            eps_to_score(e, std)
+        with pytest.raises(ValueError, match=r"std must be finite and in \(0, inf\)"):
+            score_to_eps(e, std)
+
+
+def test_call_eps_rejects_a_non_callable():
+    with pytest.raises(TypeError, match="eps_model must be callable"):
+        call_eps(torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2))

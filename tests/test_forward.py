@@ -169,3 +169,167 @@ def test_shape_mismatches_raise(sched):
         F.q_sample(sched, torch.zeros(2, 3), 5, noise=torch.zeros(2, 2))
     with pytest.raises(ValueError, match=r"\[0, T\)"):
         F.q_sample(sched, torch.zeros(2, 3), 1000)
+
+
+# --------------------------------------------------------------------------- bad inputs
+NAN, INF = float("nan"), float("inf")
+
+
+class OffsetOracle(torch.nn.Module):
+    """ε_θ = the true ε (recovered from x_0 = cond["context"]) + label/10 in every dimension, so that
+    L_{t-1} = λ_t · D · (label/10)² exactly (DDPM eq. 12), whatever noise was drawn."""
+
+    def __init__(self, schedule):
+        super().__init__()
+        self.schedule = schedule
+
+    def forward(self, x, t, cond):
+        x0 = cond["context"][:, 0].to(x.dtype)                               # (B, 1, D) -> (B, D)
+        ab = self.schedule.gather(self.schedule.alpha_bar, t, x)
+        return (x - ab.sqrt() * x0) / (1 - ab).sqrt() + cond["label"].to(x.dtype)[:, None] / 10
+
+
+def expected_kl(schedule, labels, dims):
+    """λ_t D (label/10)² for t = 1..T−1 -> (B, T−1)."""
+    t = torch.arange(1, schedule.T)
+    lam = F.l_t_weight(schedule, t, torch.zeros(len(t), 1, dtype=torch.float64)).flatten()
+    return lam[None, :] * dims * (labels.double()[:, None] / 10) ** 2
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3, 19, 100])
+def test_elbo_with_a_mapping_condition_is_exact_for_every_chunk(generator, chunk):
+    """cond is repeated per timestep by minidiff.cond.repeat: each (x_0, t) pair must meet its own
+    label and context, and every chunk size must evaluate every timestep exactly once."""
+    short = NoiseSchedule.linear(20, beta_end=0.2)
+    x0 = torch.rand(3, 2, generator=generator, dtype=torch.float64) * 2 - 1
+    cond = {"label": torch.tensor([0, 5, 9]), "context": x0[:, None, :].clone()}
+    terms = F.elbo_terms(OffsetOracle(short), short, x0.double(), cond=cond, generator=generator, chunk=chunk)
+    assert torch.allclose(terms["diffusion"], expected_kl(short, cond["label"], 2), rtol=1e-6, atol=1e-10)
+    assert (terms["diffusion"][0] < 1e-10).all() and (terms["diffusion"][2] > 0.1).all()
+
+
+@pytest.mark.parametrize("chunk, error", [(-1, ValueError), (0, ValueError), (1.5, TypeError), (True, TypeError),
+                                          ("4", TypeError)])
+def test_elbo_rejects_bad_chunk(sched, chunk, error):
+    with pytest.raises(error, match="chunk"):
+        F.elbo_terms(lambda x, t: x, sched, torch.zeros(2, 2), chunk=chunk)
+
+
+def test_elbo_and_l_simple_reject_bad_arguments(sched):
+    x0, model = torch.zeros(2, 2), (lambda x, t: x)
+    bad = [
+        (dict(variance="learned"), ValueError, "variance"),
+        (dict(decoder=None), ValueError, "decoder"),
+        (dict(bin_width=0.0), ValueError, "bin_width"),
+        (dict(bin_width=-0.1), ValueError, "bin_width"),
+        (dict(bin_width=NAN), ValueError, "bin_width"),
+        (dict(bin_width=True), TypeError, "bin_width"),
+        (dict(generator=0), TypeError, "generator"),
+        (dict(cond=torch.zeros(3)), ValueError, "batch size 3"),
+        (dict(cond=[1, 2]), TypeError, "cond"),
+    ]
+    for kwargs, error, match in bad:
+        with pytest.raises(error, match=match):
+            F.elbo_terms(model, sched, x0, **kwargs)
+    with pytest.raises(ValueError, match="empty batch"):
+        F.elbo_terms(model, sched, torch.zeros(0, 2))
+    with pytest.raises(TypeError, match="floating-point"):
+        F.elbo_terms(model, sched, torch.zeros(2, 2, dtype=torch.long))
+    with pytest.raises(TypeError, match="eps_model must be callable"):
+        F.elbo_terms("model", sched, x0)
+    with pytest.raises(TypeError, match="NoiseSchedule"):
+        F.elbo_terms(model, sched.betas, x0)
+    with pytest.raises(ValueError, match="empty batch"):
+        F.l_simple(model, sched, torch.zeros(0, 2))               # the mean of nothing would be NaN
+    with pytest.raises(TypeError, match="generator"):
+        F.l_simple(model, sched, x0, generator=1)
+    with pytest.raises(ValueError, match="batch size 5"):
+        F.l_simple(model, sched, x0, cond=torch.zeros(5, dtype=torch.long))
+    with pytest.raises(TypeError, match="integer"):
+        F.l_simple(model, sched, x0, t=torch.tensor([0.5, 1.0]))
+    with pytest.raises(ValueError, match=r"\[0, T\)"):
+        F.l_simple(model, sched, x0, t=torch.tensor([0, 1000]))
+
+
+def test_q_sample_and_q_step_reject_bad_arguments(sched):
+    x0 = torch.zeros(2, 3)
+    for fn in (F.q_sample, F.q_step):
+        with pytest.raises(TypeError, match="floating-point"):
+            fn(sched, torch.zeros(2, 3, dtype=torch.long), 1)
+        with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+            fn(sched, [[0.0, 1.0]], 1)
+        with pytest.raises(TypeError, match="noise must be a torch.Tensor"):
+            fn(sched, x0, 1, noise=0.5)
+        with pytest.raises(TypeError, match="generator"):
+            fn(sched, x0, 1, generator=42)
+        with pytest.raises(TypeError, match="NoiseSchedule"):
+            fn(None, x0, 1)
+        for t, error in [(-1, ValueError), (1000, ValueError), (1.0, TypeError), (True, TypeError),
+                         (torch.tensor([1, 2, 3]), ValueError)]:
+            with pytest.raises(error, match="t "):
+                fn(sched, x0, t)
+    # an empty batch is a valid (empty) answer, not an error
+    assert F.q_sample(sched, torch.zeros(0, 3), 5).shape == (0, 3)
+
+
+def test_variance_arguments_must_be_positive():
+    m = torch.zeros(3)
+    for var in (0.0, -1.0, NAN, INF, torch.tensor([1.0, -0.5, 1.0])):
+        with pytest.raises(ValueError, match="var1"):
+            F.gaussian_kl(m, var, m, 1.0)
+        with pytest.raises(ValueError, match="var2"):
+            F.gaussian_kl(m, 1.0, m, var)
+        with pytest.raises(ValueError, match="var "):
+            F.gaussian_log_likelihood(m, m, var)
+        with pytest.raises(ValueError, match="var "):
+            F.discretized_gaussian_log_likelihood(m, m, var)
+    with pytest.raises(TypeError, match="bool"):
+        F.gaussian_kl(m, True, m, 1.0)
+    for width, error in [(NAN, ValueError), (INF, ValueError), (2.5, ValueError), (-1.0, ValueError),
+                         (True, TypeError), ("2/255", TypeError)]:
+        with pytest.raises(error, match="bin_width"):
+            F.discretized_gaussian_log_likelihood(m, m, torch.ones(()), bin_width=width)
+
+
+def test_model_variance_and_weights_reject_bad_arguments(sched):
+    x = torch.zeros(2, 1)
+    for kind in ("learned", None, 3, "FIXED_SMALL"):
+        with pytest.raises(ValueError, match="variance kind"):
+            F.model_variance(sched, 1, x, kind)
+        with pytest.raises(ValueError, match="variance kind"):
+            F.l_t_weight(sched, 1, x, kind)
+    with pytest.raises(ValueError, match="shapes must match"):
+        F.model_mean(sched, torch.zeros(2, 3), 1, torch.zeros(2, 1))
+
+
+@pytest.mark.parametrize("num_dims, error", [(0, ValueError), (-64, ValueError), (64.0, TypeError),
+                                             (True, TypeError), (NAN, TypeError)])
+def test_bits_per_dim_rejects_bad_num_dims(num_dims, error):
+    with pytest.raises(error, match="num_dims"):
+        F.bits_per_dim(torch.ones(1), num_dims)
+    with pytest.raises(TypeError, match="nats"):
+        F.bits_per_dim("1.0", 64)
+
+
+def test_posterior_and_model_mean_reject_non_tensors(sched):
+    x = torch.zeros(2, 3)
+    with pytest.raises(TypeError, match="x0 must be a torch.Tensor"):
+        F.posterior_mean_var(sched, [[0.0] * 3] * 2, x, 1)
+    with pytest.raises(TypeError, match="eps must be a floating-point tensor"):
+        F.model_mean(sched, x, 1, torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match="x must be a tensor"):
+        F.model_variance(sched, 1, [0.0, 1.0])
+    with pytest.raises(ValueError, match="eps must have the shape of x_t"):
+        F.predicted_x0(sched, x, 1, torch.zeros(2, 1))
+
+
+def test_l_simple_passes_other_condition_objects_through(sched):
+    """A condition that is neither a tensor nor a mapping (cascade's LowResCondition) is the model's business."""
+    seen = []
+
+    class Box:
+        pass
+
+    box = Box()
+    F.l_simple(lambda x, t, c: seen.append(c) or torch.zeros_like(x), sched, torch.zeros(2, 3), cond=box)
+    assert seen == [box]

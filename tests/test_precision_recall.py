@@ -55,6 +55,15 @@ def test_bad_inputs():
         precision_recall(a, torch.randn(10, 2))
     with pytest.raises(ValueError, match="features"):
         precision_recall(a[0], a)
-    for k in (0, 10, 2.5, True):
-        with pytest.raises(ValueError, match="k must be"):
+    for k in (0, -1, 10):
+        with pytest.raises(ValueError, match=r"k .* must be an int in \[1, 9\]"):
             precision_recall(a, a, k=k)
+    for k in (2.5, True, None):
+        with pytest.raises(TypeError, match="k .* must be an int"):
+            precision_recall(a, a, k=k)
+    with pytest.raises(ValueError, match="at least 2"):
+        precision_recall(a[:1], a, k=1)
+    with pytest.raises(ValueError, match="NaN"):
+        precision_recall(torch.full((10, 3), float("nan")), a)
+    with pytest.raises(TypeError, match="fake_feats"):
+        precision_recall(a, a.numpy())

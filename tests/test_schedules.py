@@ -101,6 +101,94 @@ def test_check_t_errors():
     assert s.check_t(7, batch=4).tolist() == [7] * 4
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: NoiseSchedule.linear(-5), ValueError, "T"),
+    (lambda: NoiseSchedule.linear(10.0), TypeError, "T"),
+    (lambda: NoiseSchedule.linear(True), TypeError, "T"),
+    (lambda: NoiseSchedule.linear(10, beta_start=0.0), ValueError, "beta_start"),
+    (lambda: NoiseSchedule.linear(10, beta_start=NAN), ValueError, "beta_start"),
+    (lambda: NoiseSchedule.linear(10, beta_end=INF), ValueError, "beta_end"),
+    (lambda: NoiseSchedule.linear(10, beta_end=True), TypeError, "beta_end"),
+    (lambda: NoiseSchedule.linear(10, beta_start=0.02, beta_end=1e-4), ValueError, "beta_start=0.02 > beta_end"),
+    (lambda: NoiseSchedule.scaled_linear(10, beta_start=-1e-3), ValueError, "beta_start"),
+    (lambda: NoiseSchedule.scaled_linear(10, beta_start=0.012, beta_end=0.00085), ValueError, "swap"),
+    (lambda: NoiseSchedule.scaled_linear(0), ValueError, "T"),
+    (lambda: NoiseSchedule.cosine(0), ValueError, "T"),
+    (lambda: NoiseSchedule.cosine(10, s=-0.5), ValueError, "s "),
+    (lambda: NoiseSchedule.cosine(10, s=-1.0), ValueError, "s "),       # 1 + s = 0 divided by zero
+    (lambda: NoiseSchedule.cosine(10, s=NAN), ValueError, "s "),
+    (lambda: NoiseSchedule.cosine(10, s="0.008"), TypeError, "s "),
+    (lambda: NoiseSchedule.cosine(10, max_beta=0.0), ValueError, "max_beta"),
+    (lambda: NoiseSchedule.cosine(10, max_beta=NAN), ValueError, "max_beta"),
+    (lambda: NoiseSchedule.cosine(10, max_beta=True), TypeError, "max_beta"),
+    (lambda: NoiseSchedule([0.1, 0.2], name=3), TypeError, "name"),
+    (lambda: NoiseSchedule("0.1"), TypeError, "betas"),
+    (lambda: NoiseSchedule(torch.tensor([True, False])), TypeError, "betas"),
+    (lambda: NoiseSchedule(torch.full((2, 2), 0.1)), ValueError, "1-D"),
+    (lambda: NoiseSchedule([0.1, INF]), ValueError, "betas"),
+])
+def test_constructors_reject_bad_numbers(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_constructor_edge_values_are_accepted():
+    """Boundaries that are valid: one step, a constant schedule, s = 0, numpy ints."""
+    import numpy as np
+
+    one = NoiseSchedule.linear(1)
+    assert one.T == 1 and one.betas.tolist() == [1e-4]
+    flat = NoiseSchedule.linear(5, beta_start=0.1, beta_end=0.1)
+    assert torch.allclose(flat.alpha_bar, 0.9 ** torch.arange(1, 6, dtype=torch.float64))
+    assert NoiseSchedule.cosine(np.int64(20), s=0).T == 20
+    assert NoiseSchedule.linear(10).check_t(np.int64(3)).item() == 3
+
+
+@pytest.mark.parametrize("config, error, match", [
+    ({"num_train_timesteps": 1.5}, TypeError, "num_train_timesteps"),
+    ({"num_train_timesteps": 0}, ValueError, "num_train_timesteps"),
+    ({"num_train_timesteps": "1000"}, TypeError, "num_train_timesteps"),
+    ({"num_train_timesteps": 10, "beta_schedule": None}, ValueError, "beta_schedule"),
+    ({"num_train_timesteps": 10, "beta_start": 0.5, "beta_end": 0.1}, ValueError, "beta_start"),
+    ({"num_train_timesteps": 10, "beta_end": 1.0}, ValueError, "beta_end"),
+    ({"num_train_timesteps": 3, "trained_betas": [0.1, 0.2]}, ValueError, "trained_betas has 2"),
+    ({"trained_betas": [0.1, 1.0]}, ValueError, "betas"),
+    ({"num_train_timesteps": 10, "rescale_betas_zero_snr": True}, ValueError, "rescale_betas_zero_snr"),
+])
+def test_from_diffusers_rejects_odd_configs(config, error, match):
+    with pytest.raises(error, match=match):
+        NoiseSchedule.from_diffusers(config)
+
+
+def test_from_diffusers_trained_betas():
+    s = NoiseSchedule.from_diffusers({"trained_betas": [0.1, 0.2, 0.3]})
+    assert s.T == 3 and torch.allclose(s.alpha_bar, torch.tensor([0.9, 0.72, 0.504], dtype=torch.float64))
+
+
+def test_check_t_and_gather_reject_bad_input():
+    s = NoiseSchedule.linear(10)
+    x = torch.zeros(3, 2)
+    for t, error in [(True, TypeError), (2.0, TypeError), ("3", TypeError), ([1, 2], TypeError),
+                     (torch.tensor([True, False]), TypeError), (torch.tensor([1j]), TypeError),
+                     (10, ValueError), (torch.tensor([-1, 0, 1]), ValueError)]:
+        with pytest.raises(error, match="t "):
+            s.gather(s.alpha_bar, t, x)
+    with pytest.raises(ValueError, match=r"values must be a per-step tensor of shape \(T,\)=\(10,\)"):
+        s.gather(s.alpha_bar[:5], 1, x)
+    with pytest.raises(ValueError, match="values"):
+        s.gather(s.alpha_bar.tolist(), 1, x)
+    with pytest.raises(ValueError, match="batched tensor"):
+        s.gather(s.alpha_bar, 1, torch.tensor(1.0))
+    with pytest.raises(TypeError, match="batch"):
+        s.check_t(3, batch=2.0)
+    with pytest.raises(ValueError, match="batch"):
+        s.check_t(3, batch=-1)
+    assert s.check_t(torch.zeros(0, dtype=torch.long), batch=0).shape == (0,)   # an empty batch is fine
+
+
 def test_check_model_T_mismatch():
     s = NoiseSchedule.linear(100)
 

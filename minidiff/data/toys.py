@@ -21,7 +21,7 @@ __all__ = ["GaussianMixture", "two_moons", "rings", "swiss_roll", "TOYS", "toy_d
 
 
 def _check_n(n: int) -> None:
-    check_int(n, "n", hint=" (the number of samples)")
+    check_int(n, "n", 1, hint=" (the number of samples)")
 
 
 def _check_noise(noise: float) -> float:
@@ -82,7 +82,7 @@ class GaussianMixture:
     @classmethod
     def ring(cls, k: int = 8, radius: float = 2.0, std: float = 0.15) -> "GaussianMixture":
         """k equal-weight isotropic components evenly spaced on a circle (the classic 2-D toy)."""
-        k = check_int(k, "k", hint=" (the number of components)")
+        k = check_int(k, "k", 1, hint=" (the number of components)")
         radius = check_real(radius, "radius", low=0, low_open=True)
         std = check_real(std, "std", low=0, low_open=True, hint=" (the std of each component)")
         angles = torch.arange(k, dtype=torch.float64) * 2 * math.pi / k
