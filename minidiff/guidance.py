@@ -84,7 +84,10 @@ def _labels(cond: Any, batch: int, device: torch.device, what: str, name: str = 
     if cond is None:
         raise ValueError(f"{what} needs the target class: pass cond=labels of shape (B,)=({batch},) "
                          "(an int is broadcast to the batch)")
-    labels = torch.as_tensor(cond, device=device)
+    try:
+        labels = torch.as_tensor(cond, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be integer class labels (B,) or an int, got {type(cond).__name__}") from None
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise ValueError(f"{name} must be integer class labels, got dtype {labels.dtype}")
     if labels.ndim == 0:
