@@ -137,8 +137,8 @@ class SuperResolutionUNet(nn.Module):
         if not isinstance(cond, Mapping) or not {"low_res", "aug_level"} <= set(cond) or not set(cond) <= set(SR_KEYS):
             got = sorted(cond) if isinstance(cond, Mapping) else type(cond).__name__
             label = ', "label": (B,)' if self.num_classes else ""
-            raise ValueError(f'a super-resolution model needs cond={{"low_res": (B, C, H, W), "aug_level": (B,){label}}}'
-                             f" (see augment_low_res), got {got}")
+            raise ValueError('a super-resolution model needs cond={"low_res": (B, C, H, W), "aug_level": (B,)'
+                             f"{label}}} (see augment_low_res), got {got}")
         cond = C.check_cond(cond, batch=batch)
         want = (batch, self.channels, self.image_size, self.image_size)
         if tuple(cond["low_res"].shape) != want:
@@ -189,7 +189,8 @@ def _check_cascade_args(sr_model: SuperResolutionUNet, labels: Any, low_shape: A
         raise TypeError(f"sr_model must be a SuperResolutionUNet, got {type(sr_model).__name__}")
     labels = torch.as_tensor(labels)
     if labels.ndim != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(f"labels must have shape (B,) and hold integer classes, got {labels.dtype} {tuple(labels.shape)}")
+        raise ValueError(f"labels must have shape (B,) and hold integer classes, got {labels.dtype} "
+                         f"{tuple(labels.shape)}")
     want = (sr_model.channels, sr_model.low_res_size, sr_model.low_res_size)
     if not isinstance(low_shape, Sequence) or tuple(low_shape) != want:
         raise ValueError(f"low_shape must be the base model's image shape (C, h, w)={want} that sr_model expects, "
@@ -232,7 +233,8 @@ def cascade_sample(base_model: EpsModel, sr_model: SuperResolutionUNet, schedule
     low = sample(base_model, schedule, (B, *low_shape), method=method, steps=steps, cond=labels,
                  generator=generator, x_T=x_T_low, device=device, progress=False).clamp(-1, 1)
     level = torch.full((B,), int(aug_level), dtype=torch.long, device=low.device)
-    cond = {"low_res": augment_low_res(low, size, sr_model.aug_schedule, level, generator=generator), "aug_level": level}
+    z = augment_low_res(low, size, sr_model.aug_schedule, level, generator=generator)      # CDM Sec. 3.2
+    cond = {"low_res": z, "aug_level": level}
     if sr_model.num_classes:
         cond["label"] = labels.to(low.device)
     high = sample(sr, sr_schedule, (B, sr_model.channels, size, size), method=method, steps=steps,

@@ -156,7 +156,7 @@ def _check_null(null: Any, name: str = "null") -> NullSpec:
     """A null spec: an int, a finite float, a tensor, or a mapping of names to those."""
     if isinstance(null, Mapping):
         if not null:
-            raise ValueError(f"{name} is an empty mapping: give the null value of each entry to null, e.g. {{'label': 10}}")
+            raise ValueError(f"{name} is an empty mapping: give the null value of each entry, e.g. {{'label': 10}}")
         for key, value in null.items():
             if not isinstance(key, str):
                 raise TypeError(f"{name} must map entry names (str) to null values, got key {key!r}")

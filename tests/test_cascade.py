@@ -243,7 +243,8 @@ def test_sr_loss_builds_the_condition(schedule):
     sr = _fake_sr(schedule)
     x = upsample(torch.linspace(-1, 1, 32).reshape(2, 1, 4, 4), 8)
     x = downsample(x, 2).repeat_interleave(2, -1).repeat_interleave(2, -2)           # constant 2×2 blocks
-    loss = super_resolution_loss(schedule, 2, max_aug_level=1)(sr, (x, torch.tensor([3, 7])), torch.Generator().manual_seed(0))
+    loss_fn = super_resolution_loss(schedule, 2, max_aug_level=1)
+    loss = loss_fn(sr, (x, torch.tensor([3, 7])), torch.Generator().manual_seed(0))
     inp, _, labels = sr.unet.calls[-1]
     assert torch.isfinite(loss) and torch.equal(labels, torch.tensor([3, 7]))
     sigma0 = (1 - schedule.alpha_bar[0]).sqrt().item()
@@ -318,7 +319,7 @@ def test_cascade_sample_with_real_nets_is_deterministic(schedule):
     assert torch.equal(low, low2) and torch.equal(high, high2)
     # an unconditional SR model gets no labels: only z̃ and a
     sr_u = _fake_sr(schedule, num_classes=None)
-    cascade_sample(base, sr_u, schedule, labels, (1, 4, 4), steps=4, method="ddim", generator=torch.Generator().manual_seed(2))
+    cascade_sample(base, sr_u, schedule, labels, (1, 4, 4), steps=4, generator=torch.Generator().manual_seed(2))
     assert all(call[2] is None for call in sr_u.unet.calls)
 
 

@@ -151,7 +151,7 @@ def test_cfg_nulls_only_the_keys_it_is_told(generator):
 
 def test_wrappers_forward_the_null_condition_and_compose(generator):
     """model.null_cond wins over class_embed.null_label; wrappers forward it and num_timesteps, so
-    CFG of a CFG-guided model finds its null: with exact halves, CFG(CFG(ε, w1), w2) = (1+w2) CFG(ε, w1) − w2 ε(∅)."""
+    CFG of a CFG-guided model finds its null: CFG(CFG(ε, w1), w2) = (1+w2) CFG(ε, w1) − w2 ε(∅)."""
     model = Recorder()
     model.null_cond = 1                                 # announced null beats the class_embed fallback (3)
     x, t, y = torch.randn(4, 2, generator=generator), torch.full((4,), 5), torch.tensor([0, 2, 2, 0])
@@ -348,7 +348,8 @@ def test_gradient_guidance_base_cond_on_a_mapping(schedule, generator):
     # classifier guidance on a mapping: the classifier reads cond["label"], the base its null half
     clf = NoisyClassifier2D(num_classes=3, num_timesteps=T).eval()
     cg = ClassifierGuidance(model, clf, 2.0, schedule, base_cond="null")
-    torch.testing.assert_close(cg(x, t, cond), model(x, t, expected["null"]) - 2.0 * sigma * cg.grad_log_prob(x, t, cond["label"]))
+    grad = cg.grad_log_prob(x, t, cond["label"])
+    torch.testing.assert_close(cg(x, t, cond), model(x, t, expected["null"]) - 2.0 * sigma * grad)
 
 
 # ------------------------------------------------------------------------- contract with samplers
