@@ -11,8 +11,8 @@ import minidiff
 from minidiff import MLPDenoiser, NoiseSchedule, UNet, ddim_loop, ddpm_loop, diffusion_loss, fit, sample
 from minidiff.data import GaussianMixture
 from minidiff.eps import eps_to_x0
-from minidiff.guidance import (ClassifierFreeGuidance, ClassifierGuidance, MixtureConditionalEps, MixturePosterior,
-                               cfg_combine, check_guidance_scale, classifier_loss)
+from minidiff.guidance import (ClassifierFreeGuidance, ClassifierGuidance, GradientGuidance, MixtureConditionalEps,
+                               MixturePosterior, cfg_combine, check_guidance_scale, classifier_loss)
 from minidiff.nets import NoisyClassifier2D
 
 T = 50
@@ -93,6 +93,90 @@ def test_cfg_with_a_tensor_null_condition(generator):
     out = ClassifierFreeGuidance(model, 1.5, null_label=null)(x, t, cond)
     torch.testing.assert_close(out, 2.5 * model(x, t, cond) - 1.5 * model(x, t, null.expand(3, 4, 5)))
     assert calls[0] == (6, 4, 5)
+
+class MapRecorder:
+    """An eps-model on mapping conditions {"label": (B,), "c_add": (B, 2), "context": (B, L, D)} that
+    records every cond it sees; its own null condition is {"label": 3} (model.null_cond)."""
+
+    num_timesteps = T
+    null_cond = {"label": 3}
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, t, cond=None):
+        self.calls.append(cond)
+        if cond is None:
+            return torch.cos(x)
+        out = torch.sin(x * (1 + cond["label"].to(x)[:, None])) + 0.01 * t.to(x)[:, None]
+        out = out + cond["c_add"] if "c_add" in cond else out
+        return out + cond["context"].mean(1) if "context" in cond else out
+
+
+def test_cfg_on_a_mapping_condition_nulls_the_label_and_keeps_c_add(generator):
+    model = MapRecorder()
+    x, t = torch.randn(4, 2, generator=generator), torch.full((4,), 7)
+    c_add = torch.randn(4, 2, generator=generator)
+    cond = {"label": torch.tensor([0, 1, 2, 1]), "c_add": c_add}
+    out = ClassifierFreeGuidance(model, 1.5)(x, t, cond)
+    assert len(model.calls) == 1
+    seen = model.calls[0]
+    assert torch.equal(seen["label"], torch.tensor([0, 1, 2, 1, 3, 3, 3, 3]))      # the model's null_cond
+    assert torch.equal(seen["c_add"], torch.cat([c_add, c_add]))                    # untouched in the null half
+    uncond = model(x, t, {"label": torch.full((4,), 3), "c_add": c_add})
+    torch.testing.assert_close(out, 2.5 * model(x, t, cond) - 1.5 * uncond)
+    # w = 0: the conditional model, one call on the plain batch
+    model.calls.clear()
+    torch.testing.assert_close(ClassifierFreeGuidance(model, 0.0)(x, t, cond), model(x, t, cond))
+    assert model.calls[0]["label"].shape == (4,)
+
+
+def test_cfg_nulls_only_the_keys_it_is_told(generator):
+    model = MapRecorder()
+    x, t = torch.randn(3, 2, generator=generator), torch.full((3,), 4)
+    ctx, empty = torch.randn(3, 5, 2, generator=generator), torch.randn(1, 5, 2, generator=generator)
+    cond = {"label": torch.tensor([0, 1, 2]), "context": ctx}
+    null = {"label": 3, "context": empty}
+    out = ClassifierFreeGuidance(model, 2.0, null)(x, t, cond)                     # default keys: label and context
+    seen = model.calls[-1]
+    assert torch.equal(seen["context"][3:], empty.expand(3, 5, 2)) and torch.equal(seen["context"][:3], ctx)
+    torch.testing.assert_close(out, 3 * model(x, t, cond) - 2 * model(x, t, {"label": torch.full((3,), 3),
+                                                                             "context": empty.expand(3, 5, 2)}))
+    ClassifierFreeGuidance(model, 2.0, null, keys=("label",))(x, t, cond)            # the context passes through
+    seen = model.calls[-1]
+    assert torch.equal(seen["context"], torch.cat([ctx, ctx])) and torch.equal(seen["label"][3:], torch.full((3,), 3))
+    ClassifierFreeGuidance(model, 2.0, null, keys=["context"])(x, t, cond)           # a list of names works too
+    assert torch.equal(model.calls[-1]["label"], torch.tensor([0, 1, 2, 0, 1, 2]))
+
+
+def test_wrappers_forward_the_null_condition_and_compose(generator):
+    """model.null_cond wins over class_embed.null_label; wrappers forward it and num_timesteps, so
+    CFG of a CFG-guided model finds its null: CFG(CFG(ε, w1), w2) = (1+w2) CFG(ε, w1) − w2 ε(∅)."""
+    model = Recorder()
+    model.null_cond = 1                                 # announced null beats the class_embed fallback (3)
+    x, t, y = torch.randn(4, 2, generator=generator), torch.full((4,), 5), torch.tensor([0, 2, 2, 0])
+    inner = ClassifierFreeGuidance(model, 1.0)
+    assert inner.null_cond == 1 and inner.null_label == 1 and inner.num_timesteps == T
+    inner(x, t, y)
+    assert torch.equal(model.calls[-1][1][4:], torch.ones(4, dtype=torch.long))
+    outer = ClassifierFreeGuidance(inner, 0.5)
+    eu = model(x, t, torch.ones(4, dtype=torch.long))
+    torch.testing.assert_close(outer(x, t, y), 1.5 * inner(x, t, y) - 0.5 * eu)
+    cg = ClassifierGuidance(model, NoisyClassifier2D(num_classes=3, num_timesteps=T), 1.0, NoiseSchedule.linear(T))
+    assert cg.null_cond == 1 and cg.num_timesteps == T and cg.base_cond == "label"
+    assert ClassifierFreeGuidance(MapRecorder(), 1.0).null_cond == {"label": 3}
+    assert ClassifierFreeGuidance(MapRecorder(), 1.0).null_label == 3
+
+
+def test_cfg_old_null_label_keyword(generator):
+    model = Recorder()
+    x, t, y = torch.randn(4, 2, generator=generator), torch.full((4,), 5), torch.tensor([0, 2, 2, 0])
+    new = ClassifierFreeGuidance(model, 1.0, null=2)(x, t, y)
+    torch.testing.assert_close(ClassifierFreeGuidance(model, 1.0, null_label=2)(x, t, y), new)
+    torch.testing.assert_close(ClassifierFreeGuidance.from_guidance_scale(model, 2.0, null_label=2)(x, t, y), new)
+    torch.testing.assert_close(ClassifierFreeGuidance(model, 1.0, 2)(x, t, y), new)  # third positional: the null
+    with pytest.raises(TypeError, match="give the null condition once"):
+        ClassifierFreeGuidance(model, 1.0, null=2, null_label=2)
 
 
 def test_null_token_dropout_rate_through_fit():
@@ -192,6 +276,81 @@ def test_classifier_guidance_leaves_no_gradients_and_runs_under_no_grad(schedule
     assert out.shape == x.shape and not out.requires_grad
     assert all(p.grad is None for p in clf.parameters()) and all(p.grad is None for p in base.parameters())
 
+class Quadratic(GradientGuidance):
+    """log g(x) = −‖x − a‖²/2 per example, so ∇ log g = a − x exactly."""
+
+    def __init__(self, eps_model, scale, schedule, a, **kwargs):
+        super().__init__(eps_model, scale, schedule, **kwargs)
+        self.a = a
+
+    def log_g(self, x_t, t, cond):
+        return -0.5 * (x_t - self.a).pow(2).flatten(1).sum(1)
+
+
+def test_gradient_guidance_with_an_analytic_g(schedule, generator):
+    """ε̃ = ε − s σ_t (a − x_t), with σ_t = √(1−ᾱ_t) at integer and fractional steps; a subclass
+    supplies only log_g."""
+    base = lambda x, t, cond=None: torch.sin(x)
+    x = torch.randn(6, 1, 3, 3, generator=generator, dtype=torch.float64)       # images: σ_t broadcasts
+    a = torch.randn(1, 3, 3, generator=generator, dtype=torch.float64)
+    t = torch.tensor([0, 5, 10, 20, 30, T - 1])
+    sigma = (1 - schedule.alpha_bar[t]).sqrt()[:, None, None, None]
+    for s in (0.0, 0.5, 2.0):
+        with torch.no_grad():                                                   # as inside a sampler
+            out = Quadratic(base, s, schedule, a)(x, t)
+        torch.testing.assert_close(out, torch.sin(x) - s * sigma * (a - x), rtol=1e-12, atol=1e-12)
+        assert not out.requires_grad
+    g = Quadratic(base, 1.5, schedule, a)
+    torch.testing.assert_close(g.grad_log_g(x, t, None), a - x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g.sigma(t, x), sigma)
+    tf = torch.full((6,), 10.5, dtype=torch.float64)
+    sigma_f = (1 - (schedule.alpha_bar[10] * schedule.alpha_bar[11]).sqrt()).sqrt()
+    torch.testing.assert_close(g(x, tf), torch.sin(x) - 1.5 * sigma_f * (a - x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g(x, 7), g(x, torch.full((6,), 7)))                # an int t broadcasts
+    assert repr(g) == "Quadratic(scale=1.5, base_cond='none')"
+    with pytest.raises(TypeError, match="abstract"):
+        GradientGuidance(base, 1.0, schedule)
+
+
+def test_gradient_guidance_is_per_example(schedule, generator):
+    """Row b's guidance depends on x_b only: the batched call equals row-by-row calls, and moving the
+    other rows leaves row 0 unchanged (a trained classifier, not only the analytic g)."""
+    torch.manual_seed(0)
+    clf = NoisyClassifier2D(num_classes=3, num_timesteps=T).eval()
+    g = ClassifierGuidance(MLPDenoiser(num_timesteps=T).eval(), clf, 3.0, schedule)
+    x = torch.randn(8, 2, generator=generator)
+    t, y = torch.randint(0, T, (8,), generator=generator), torch.randint(0, 3, (8,), generator=generator)
+    full = g(x, t, y)
+    rows = torch.cat([g(x[b:b + 1], t[b:b + 1], y[b:b + 1]) for b in range(8)])
+    torch.testing.assert_close(full, rows, rtol=1e-5, atol=1e-6)
+    moved = x.clone()
+    moved[1:] += 3.0
+    torch.testing.assert_close(g(moved, t, y)[0], full[0], rtol=1e-6, atol=1e-7)
+    grad = g.grad_log_prob(x, t, y)
+    assert (grad[1:] - g.grad_log_prob(moved, t, y)[1:]).abs().max() > 1e-3      # the other rows did move
+
+
+def test_gradient_guidance_base_cond_on_a_mapping(schedule, generator):
+    """"label" passes the condition, "null" replaces its label by the model's null and keeps c_add,
+    "none" calls the model unconditionally; log g always sees the full condition."""
+    model, a = MapRecorder(), torch.tensor([0.5, -1.0])
+    x, t = torch.randn(4, 2, generator=generator), torch.tensor([3, 9, 20, 33])
+    cond = {"label": torch.tensor([0, 1, 2, 0]), "c_add": torch.randn(4, 2, generator=generator)}
+    sigma = (1 - schedule.alpha_bar[t]).sqrt().float()[:, None]
+    shift = 2.0 * sigma * (a - x)
+    expected = {"label": cond, "null": {"label": torch.full((4,), 3), "c_add": cond["c_add"]}, "none": None}
+    assert Quadratic(model, 2.0, schedule, a).base_cond == "label"                 # auto: the model has a null
+    for base_cond, base_in in expected.items():
+        out = Quadratic(model, 2.0, schedule, a, base_cond=base_cond)(x, t, cond)
+        seen = model.calls[-1]
+        assert seen is None if base_in is None else all(torch.equal(seen[k], v) for k, v in base_in.items())
+        torch.testing.assert_close(out, model(x, t, base_in) - shift)
+    # classifier guidance on a mapping: the classifier reads cond["label"], the base its null half
+    clf = NoisyClassifier2D(num_classes=3, num_timesteps=T).eval()
+    cg = ClassifierGuidance(model, clf, 2.0, schedule, base_cond="null")
+    grad = cg.grad_log_prob(x, t, cond["label"])
+    torch.testing.assert_close(cg(x, t, cond), model(x, t, expected["null"]) - 2.0 * sigma * grad)
+
 
 # ------------------------------------------------------------------------- contract with samplers
 
@@ -260,7 +419,8 @@ def test_classifier_loss_trains_a_noisy_classifier(schedule, gmm):
 # ------------------------------------------------------------------------------------ bad inputs
 
 
-@pytest.mark.parametrize("bad", [float("nan"), -0.5, float("inf"), "2", None, True])
+@pytest.mark.parametrize("bad", [float("nan"), -0.5, float("inf"), "2", None, True, torch.tensor([1.0, 2.0]),
+                                 torch.tensor(True), torch.tensor(float("-inf"))])
 def test_bad_guidance_weights_name_the_argument(schedule, bad):
     model, clf = Recorder(), NoisyClassifier2D(num_classes=3, num_timesteps=T)
     with pytest.raises(ValueError, match=r"^w must"):
@@ -329,6 +489,99 @@ def test_conditional_model_without_condition(schedule, generator):
         ClassifierGuidance(model, clf, 1.0, schedule)(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match="class-conditional"):
         MixtureConditionalEps(GaussianMixture.ring(k=3), schedule)(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
+
+@pytest.mark.parametrize("keys", ["label", (), ("label", 2), None, 3, {"label": 1}])
+def test_bad_keys(schedule, keys):
+    with pytest.raises(TypeError, match="keys must be a non-empty tuple of entry names"):
+        ClassifierFreeGuidance(Recorder(), 1.0, keys=keys)
+    with pytest.raises(TypeError, match="keys must be a non-empty tuple of entry names"):
+        Quadratic(Recorder(), 1.0, schedule, torch.zeros(2), keys=keys)
+
+
+@pytest.mark.parametrize("null, error, match", [
+    ("zero", TypeError, "null must be an int"), (True, TypeError, "null must be an int"),
+    (float("nan"), ValueError, "null must be finite"), (float("inf"), ValueError, "null must be finite"),
+    (torch.tensor([0.0, float("nan")]), ValueError, "null must be finite"), ({}, ValueError, "empty mapping"),
+    ({1: 3}, TypeError, "names"), ({"label": "x"}, TypeError, r"null\['label'\] must be an int"),
+    ({"label": 3, "context": float("nan")}, ValueError, r"null\['context'\] must be finite")])
+def test_bad_null_specs(schedule, null, error, match):
+    with pytest.raises(error, match=match):
+        ClassifierFreeGuidance(Recorder(), 1.0, null)
+    with pytest.raises(error, match=match):
+        Quadratic(Recorder(), 1.0, schedule, torch.zeros(2), base_cond="null", null=null)
+
+
+def test_cfg_bad_conditions(generator):
+    x, t = torch.randn(4, 2, generator=generator), torch.zeros(4, dtype=torch.long)
+    model = MapRecorder()
+    cfg = ClassifierFreeGuidance(model, 1.0)
+    with pytest.raises(ValueError, match="batch size 3, expected 4"):
+        cfg(x, t, {"label": torch.zeros(4, dtype=torch.long), "c_add": torch.zeros(3, 2)})
+    with pytest.raises(ValueError, match=r"cond\['label'\] must be integer class labels"):
+        cfg(x, t, {"label": torch.zeros(4)})
+    with pytest.raises(ValueError, match=r"cond\['label'\] must have shape \(B,\)=\(4,\)"):
+        cfg(x, t, {"label": torch.zeros(4, 1, dtype=torch.long)})
+    with pytest.raises(ValueError, match="none of keys=\\('label', 'context'\\)"):
+        cfg(x, t, {"c_add": torch.zeros(4, 2)})
+    with pytest.raises(ValueError, match=r"no null value for cond entries \['context'\]"):
+        cfg(x, t, {"label": torch.zeros(4, dtype=torch.long), "context": torch.zeros(4, 5, 2)})
+    with pytest.raises(TypeError, match="map names \\(str\\) to tensors"):
+        cfg(x, t, {"label": [0, 1, 2, 3]})
+    # embedding-valued conditions with a tensor null
+    emb = ClassifierFreeGuidance(lambda x, t, cond: x * cond.mean(dim=(1, 2))[:, None], 1.0, null=torch.zeros(1, 4, 5))
+    with pytest.raises(ValueError, match=r"null value for cond must have shape \(4, 5\) or \(1, 4, 5\)"):
+        ClassifierFreeGuidance(emb.eps_model, 1.0, null=torch.zeros(1, 5))(x, t, torch.zeros(4, 4, 5))
+    with pytest.raises(ValueError, match="batch size 3, expected 4"):
+        emb(x, t, torch.zeros(3, 4, 5))
+    with pytest.raises(TypeError, match="cond must be None, a tensor"):
+        emb(x, t, "a cat")
+    with pytest.raises(TypeError, match="cond is a plain tensor"):
+        ClassifierFreeGuidance(emb.eps_model, 1.0, null={"context": torch.zeros(1, 4, 5)})(x, t, torch.zeros(4, 4, 5))
+    with pytest.raises(TypeError, match="cond must be integer class labels \\(B,\\) or an int, got str"):
+        ClassifierFreeGuidance(Recorder(), 1.0)(x, t, "three")
+    with pytest.raises(TypeError, match="eps_model must be callable"):
+        ClassifierFreeGuidance("model", 1.0, null=3)
+
+
+def test_gradient_guidance_bad_inputs(schedule, generator):
+    x, t = torch.randn(4, 2, generator=generator), torch.zeros(4, dtype=torch.long)
+    a, base = torch.zeros(2), lambda x, t, cond=None: torch.zeros_like(x)
+    for bad in ("maybe", None, 1, "cond"):
+        with pytest.raises(ValueError, match="base_cond must be one of"):
+            Quadratic(base, 1.0, schedule, a, base_cond=bad)
+    with pytest.raises(ValueError, match="null token"):
+        Quadratic(base, 1.0, schedule, a, base_cond="null")
+    with pytest.raises(ValueError, match="nulls the condition, but cond is None"):
+        Quadratic(base, 1.0, schedule, a, base_cond="null", null=3)(x, t)
+    with pytest.raises(ValueError, match="batch size 3, expected 4"):
+        Quadratic(base, 1.0, schedule, a)(x, t, torch.zeros(3))
+    with pytest.raises(TypeError, match="eps_model must be callable"):
+        Quadratic(None, 1.0, schedule, a)
+    with pytest.raises(ValueError, match=r"^scale must be one number >= 0, got a tensor of shape \(2,\)"):
+        Quadratic(base, torch.tensor([1.0, 2.0]), schedule, a)
+
+    class Wrong(GradientGuidance):
+        def __init__(self, log_g, **kw):
+            super().__init__(base, 1.0, schedule, **kw)
+            self.fn = log_g
+
+        def log_g(self, x_t, t, cond):
+            return self.fn(x_t)
+
+    with pytest.raises(ValueError, match=r"log_g must return one value per example, shape \(B,\)=\(4,\)"):
+        Wrong(lambda x: -x.pow(2))(x, t)                                     # (B, 2): not summed per example
+    with pytest.raises(ValueError, match="log_g must be differentiable in x_t"):
+        Wrong(lambda x: -x.detach().pow(2).sum(1))(x, t)
+    with pytest.raises(ValueError, match="log_g must be differentiable in x_t"):
+        Wrong(lambda x: torch.zeros(4, requires_grad=True) * 1.0)(x, t)       # has a graph, but not through x_t
+    # classifier guidance: the label entry, the classifier's output
+    clf = NoisyClassifier2D(num_classes=3, num_timesteps=T)
+    with pytest.raises(ValueError, match=r"cond\['label'\] \(B,\) is missing"):
+        ClassifierGuidance(base, clf, 1.0, schedule)(x, t, {"c_add": torch.zeros(4, 2)})
+    with pytest.raises(ValueError, match=r"cond\['label'\] must be integer class labels"):
+        ClassifierGuidance(base, clf, 1.0, schedule)(x, t, {"label": torch.zeros(4)})
+    with pytest.raises(ValueError, match=r"classifier\(x_t, t\) must return logits of shape \(B, K\)=\(4, K\)"):
+        ClassifierGuidance(base, lambda x, t: x.sum(1), 1.0, schedule)(x, t, torch.zeros(4, dtype=torch.long))
 
 
 def test_classifier_guidance_construction_errors(schedule):
