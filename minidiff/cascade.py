@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from . import cond as C
 from .checkpoint import record_config
+from .checks import check_int
 from .eps import EpsModel
 from .forward import l_simple, q_sample
 from .guidance import ClassifierFreeGuidance, check_guidance_scale
@@ -51,9 +52,7 @@ SR_KEYS = ("low_res", "aug_level", "label")
 
 
 def _positive_int(value: Any, name: str, hint: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int{hint}, got {value!r}")
-    return int(value)
+    return check_int(value, name, 1, hint=hint)
 
 
 def _images(x: Any, name: str = "x") -> None:
@@ -68,7 +67,7 @@ def downsample(x: Tensor, factor: int) -> Tensor:
     hint = f" dividing the image size {tuple(x.shape[-2:])}"
     factor = _positive_int(factor, "factor", hint)
     if x.shape[-1] % factor or x.shape[-2] % factor:
-        raise ValueError(f"factor must be a positive int{hint}, got {factor!r}")
+        raise ValueError(f"factor must be an int >= 1{hint}, got {factor!r}")
     return F.avg_pool2d(x, factor)
 
 

@@ -26,18 +26,15 @@ def check_int(value: Any, name: str, low: int | None = None, high: int | None = 
     message (what the argument means, or what to pass instead).
     """
     value = _scalar(value)
+    if low is not None and high is not None:
+        want = f"an int in [{low}, {high}]"
+    else:
+        want = "an int" + (f" >= {low}" if low is not None else "") + (f" <= {high}" if high is not None else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}{hint}")
+        raise TypeError(f"{name} must be {want}, got {type(value).__name__} {value!r}{hint}")
     value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
-        raise ValueError(f"{name} must be an int in {_interval(low, high, False, False)}, got {value}{hint}")
-    return value
-
-
-def _scalar(value: Any) -> Any:
-    """A 1-element, non-bool tensor as its Python number; anything else unchanged."""
-    if isinstance(value, Tensor) and value.numel() == 1 and value.dtype != torch.bool:
-        return value.item()
+        raise ValueError(f"{name} must be {want}, got {value}{hint}")
     return value
 
 
@@ -45,19 +42,35 @@ def check_real(value: Any, name: str, low: float | None = None, high: float | No
                low_open: bool = False, high_open: bool = False, hint: str = "") -> float:
     """``value`` as a finite float in the interval given by ``low``/``high`` (closed unless ``*_open``).
 
-    Accepts Python/NumPy numbers and 0-d tensors; rejects bools (TypeError), NaN and ±inf (ValueError).
+    Accepts Python/NumPy numbers and 1-element tensors; rejects bools and non-numbers (TypeError), NaN,
+    ±inf and values outside the interval (ValueError). ``hint`` is appended to the message.
     """
     value = _scalar(value)
+    if low is not None and high is not None:
+        want = "in " + _interval(low, high, low_open, high_open)
+    elif low is not None:
+        want = f"{'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        want = f"{'<' if high_open else '<='} {high:g}"
+    else:
+        want = ""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}{hint}")
+        raise TypeError(f"{name} must be a real number{' ' + want if want else ''}, "
+                        f"got {type(value).__name__} {value!r}{hint}")
     value = float(value)
-    interval = _interval(low, high, low_open, high_open)
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number in {interval}, got {value}{hint}")
+        raise ValueError(f"{name} must be finite{' and ' + want if want else ''}, got {value}{hint}")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:
-        raise ValueError(f"{name} must be in {interval}, got {value:g}{hint}")
+        raise ValueError(f"{name} must be {want}, got {value:g}{hint}")
+    return value
+
+
+def _scalar(value: Any) -> Any:
+    """A 1-element, non-bool tensor as its Python number; anything else unchanged."""
+    if isinstance(value, Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+        return value.item()
     return value
 
 

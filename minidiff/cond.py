@@ -33,6 +33,8 @@ from typing import Any, Mapping, Sequence, Union
 import torch
 from torch import Tensor
 
+from .checks import check_int
+
 __all__ = ["Cond", "NullSpec", "NULL_KEYS", "check_cond", "batch_size", "cat", "repeat", "index",
            "to", "null_like", "drop", "model_null", "is_cond"]
 
@@ -116,8 +118,7 @@ def cat(conds: Sequence[Cond]) -> Cond:
 
 def repeat(cond: Cond, k: int) -> Cond:
     """k copies stacked along the batch, block by block like ``x.repeat(k, 1, ...)``: row j·B + b is row b."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k (number of copies) must be a positive int, got {k!r}")
+    check_int(k, "k (number of copies)", 1)
     return _map(check_cond(cond), lambda v: v.repeat(k, *([1] * (v.ndim - 1))))
 
 

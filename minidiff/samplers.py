@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import cond as conditions
+from .checks import check_int, check_real
 from .config import resolve_device, show_progress
 from .eps import EpsModel, call_eps
 from .forward import VARIANCE_KINDS, noise_like
@@ -47,26 +48,13 @@ SPACINGS = ("leading", "trailing", "linspace")
 # ------------------------------------------------------------------------------ argument checks
 def _int(value: Any, name: str, hint: str = "") -> int:
     """An int (also a numpy integer or a 0-d integer tensor), never a bool or a float."""
-    if isinstance(value, Tensor) and value.ndim == 0 and not value.is_floating_point() \
-            and not value.is_complex() and value.dtype != torch.bool:
-        return int(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int{hint}, got {value!r} ({type(value).__name__})")
-    return int(value)
+    return check_int(value, name, hint=hint)
 
 
 def _real(value: Any, name: str, low: float, high: float = math.inf, low_open: bool = False,
           hint: str = "") -> float:
     """A finite real number in [low, high] ((low, high] with ``low_open``), never a bool."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number{hint}, got {value!r} ({type(value).__name__})")
-    v = float(value)
-    inside = (v > low if low_open else v >= low) and v <= high
-    if not (math.isfinite(v) and inside):
-        bounds = f"{'(' if low_open else '['}{low:g}, {high:g}]" if math.isfinite(high) else \
-            f"{'>' if low_open else '>='} {low:g}"
-        raise ValueError(f"{name} must be finite and {'in ' if math.isfinite(high) else ''}{bounds}{hint}, got {value!r}")
-    return v
+    return check_real(value, name, low, None if math.isinf(high) else high, low_open=low_open, hint=hint)
 
 
 def _check_clip(clip_x0: Any) -> float | None:

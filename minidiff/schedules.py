@@ -228,8 +228,7 @@ class NoiseSchedule:
         [0, T−1] and interpolate log ᾱ linearly between the neighbouring steps (log ᾱ is a sum of
         log(1 − β), so this is the continuous-time integral of β with β piecewise constant).
         """
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ValueError(f"batch must be a positive int (the number of examples), got {batch!r}")
+        check_int(batch, "batch", 1, hint=" (the number of examples)")
         if not (isinstance(t, float) or (isinstance(t, Tensor) and t.is_floating_point())):
             return self.alpha_bar[self.check_t(t, batch=batch).cpu()]
         t = torch.as_tensor(t).detach().double().cpu()

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import cond as cond_ops
+from .checks import check_int, check_real
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import resolve_device, show_progress
 from .forward import l_simple
@@ -42,23 +43,12 @@ _GROUP_KEYS = {"params", "lr", "weight_decay"}
 
 # --------------------------------------------------------------------------- argument checks
 def _int(value: Any, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {low}, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value}")
-    return int(value)
+    return check_int(value, name, low)
 
 
 def _real(value: Any, name: str, low: float, high: float = math.inf, *, low_open: bool = False,
           high_open: bool = False) -> float:
-    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number in {interval}, got {value!r}")
-    value = float(value)
-    if (not math.isfinite(value) or value < low or value > high or (low_open and value == low)
-            or (high_open and value == high)):
-        raise ValueError(f"{name} must be a finite number in {interval}, got {value}")
-    return value
+    return check_real(value, name, low, None if math.isinf(high) else high, low_open=low_open, high_open=high_open)
 
 
 def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

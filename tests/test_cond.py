@@ -45,8 +45,8 @@ def test_cat_repeat_index_roundtrip(mapping):
         C.cat([torch.zeros(1), {"label": torch.zeros(1)}])
     with pytest.raises(ValueError, match="different keys"):
         C.cat([{"label": torch.zeros(1)}, {"context": torch.zeros(1)}])
-    for bad in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match="positive int"):
+    for bad, err in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):
+        with pytest.raises(err, match=r"k \(number of copies\) must be an int >= 1"):
             C.repeat(mapping, bad)
 
 

@@ -29,17 +29,15 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..checks import check_int
+
 __all__ = ["group_norm", "to_tokens", "from_tokens", "Attention", "SelfAttention", "GEGLU", "FeedForward",
            "TransformerBlock", "SpatialTransformer"]
 
 
 def _check_int(name: str, value: object, low: int = 1) -> int:
     """``value`` as an int >= low, or a TypeError/ValueError naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {low}, got {type(value).__name__} {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value}")
-    return int(value)
+    return check_int(value, name, low)
 
 
 def group_norm(channels: int, groups: int, eps: float = 1e-5) -> nn.GroupNorm:

@@ -18,19 +18,18 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from .. import checks
+
 __all__ = ["timestep_embedding", "TimeEmbedding", "ClassEmbedding", "check_timesteps", "conditioning",
            "check_int"]
 
 
 def check_int(name: str, value: Any, minimum: int = 1, even: bool = False) -> int:
     """``value`` as an int >= ``minimum`` (and even if asked), else a ValueError/TypeError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    value = checks.check_int(value, name, minimum)
     if even and value % 2:
         raise ValueError(f"{name} must be even (half sines, half cosines), got {value}; use {value + 1}")
-    return int(value)
+    return value
 
 
 def _check_period(max_period: Any) -> float:
