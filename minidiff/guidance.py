@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import cond as C
+from .clock import model_clock
 from .cond import NULL_KEYS, Cond, NullSpec
 from .eps import EpsModel, call_eps, score_to_eps
 from .forward import q_sample
@@ -222,6 +223,12 @@ class GradientGuidance(ABC):
         if not isinstance(base_cond, str) or base_cond not in self.BASE_CONDS:
             raise ValueError(f"base_cond must be one of {self.BASE_CONDS}, got {base_cond!r}")
         schedule.check_model(eps_model)
+        if model_clock(eps_model) == "continuous":
+            # σ_t = √(1−ᾱ_t) is looked up with t as a step index: t ∈ [0, 1] would be silently wrong
+            raise ValueError(
+                f"this {type(eps_model).__name__} runs on the continuous clock (t in [0, 1]), but gradient guidance "
+                "reads t as step indices of `schedule`; guide the discrete model and bridge the result: "
+                "ContinuousTime.from_ddpm(ClassifierGuidance(model, classifier, scale, schedule))")
         self.eps_model, self.schedule = eps_model, schedule
         self.scale = check_guidance_scale(scale, "scale")
         self.keys = _check_keys(keys)

@@ -676,3 +676,17 @@ def test_mixture_reference_construction_errors(schedule, gmm):
         MixturePosterior(gmm, VPSDE())(torch.zeros(4, 2), torch.full((4,), 2.0))
     with pytest.raises(ValueError, match="one time t"):
         noised_mixture(gmm, VPSDE(), torch.tensor([0.1, 0.2]))
+
+
+def test_gradient_guidance_refuses_a_continuous_clock_model(schedule, gmm):
+    """t ∈ [0, 1] read as step indices would give the wrong σ_t silently: guide first, then bridge."""
+    from minidiff.sde import ContinuousTime
+    bridged = ContinuousTime.from_ddpm(gmm.optimal_eps_model(schedule))
+    with pytest.raises(ValueError, match="continuous clock"):
+        ClassifierGuidance(bridged, MixturePosterior(gmm, schedule), 1.0, schedule)
+    guided = ContinuousTime.from_ddpm(ClassifierGuidance(gmm.optimal_eps_model(schedule),
+                                                         MixturePosterior(gmm, schedule), 1.0, schedule))
+    x, t = torch.randn(4, 2), torch.full((4,), 0.5, dtype=torch.float64)
+    direct = ClassifierGuidance(gmm.optimal_eps_model(schedule), MixturePosterior(gmm, schedule), 1.0, schedule)
+    index = (t * schedule.T - 1).float()                      # the bridge's map, t -> index t·T − 1
+    torch.testing.assert_close(guided(x, t, torch.tensor([0, 1, 2, 0])), direct(x, index, torch.tensor([0, 1, 2, 0])))
