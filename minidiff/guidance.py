@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from . import cond as C
 from .clock import model_clock
 from .cond import NULL_KEYS, Cond, NullSpec
-from .eps import EpsModel, call_eps, score_to_eps
+from .eps import EpsModel, call_eps
 from .forward import q_sample
 from .schedules import NoiseSchedule
 

@@ -23,7 +23,6 @@ The tests load these state dicts into the diffusers modules and compare outputs.
 """
 from __future__ import annotations
 
-import numbers
 
 import torch.nn.functional as F
 from einops import rearrange
