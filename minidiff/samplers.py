@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from . import cond as conditions
 from .checks import check_int, check_real
+from .clock import model_clock
 from .config import resolve_device, show_progress
 from .eps import EpsModel, call_eps
 from .forward import VARIANCE_KINDS, noise_like
@@ -227,6 +228,11 @@ def ddim_timesteps(T: int, steps: int, spacing: str = "leading", steps_offset: i
 # ------------------------------------------------------------------------------------ the loops
 def _start(eps_model: EpsModel, schedule: NoiseSchedule, x_T: Tensor) -> None:
     schedule.check_model(eps_model)
+    if model_clock(eps_model) == "continuous":      # fed step indices 0..T-1 as t in [0, 1]: garbage, silently
+        raise ValueError(
+            f"this {type(eps_model).__name__} runs on the continuous clock (t in [0, 1]), but the DDPM/DDIM "
+            "loops call it with step indices [0, T); sample it with sample_sde / ode_loop on its SDE, or give "
+            "these loops the discrete model itself (ContinuousTime(model).net)")
     if not isinstance(x_T, Tensor) or not x_T.is_floating_point() or x_T.ndim < 2:
         got = f"shape {tuple(x_T.shape)}, dtype {x_T.dtype}" if isinstance(x_T, Tensor) else type(x_T).__name__
         raise ValueError(f"x_T must be a batched floating tensor (B, *shape), got {got}")

@@ -206,6 +206,9 @@ class NoiseSchedule:
     def check_model(self, model: Any) -> None:
         """Raise when a model declares a number of steps (``num_timesteps``) other than T."""
         model_T = getattr(model, "num_timesteps", None)
+        if model_T is not None and (isinstance(model_T, bool) or not isinstance(model_T, numbers.Integral)):
+            raise TypeError(f"the model's num_timesteps must be an int (its number of diffusion steps), "
+                            f"got {model_T!r}")
         if model_T is not None and int(model_T) != self.T:
             raise ValueError(
                 f"the model was built for T={model_T} steps but the schedule has T={self.T}; "

@@ -513,3 +513,16 @@ def test_loops_check_arguments_when_called():
         ddpm_loop(model, s, torch.zeros(2))
     with pytest.raises(ValueError, match="t_start"):
         ddim_loop(model, s, x, steps=4, t_start=20)
+
+
+@pytest.mark.parametrize("method", ["ddpm", "ddim"])
+def test_discrete_loops_refuse_a_continuous_clock_model(method):
+    # ContinuousTime expects t in [0, 1]; fed indices 0..T-1 it would be clamped to t = 1 and sample garbage
+    from minidiff.sde import ContinuousTime
+    schedule = NoiseSchedule.linear(50)
+    bridged = ContinuousTime.from_ddpm(MLPDenoiser(dim=2, width=16, depth=1, num_timesteps=50))
+    with pytest.raises(ValueError, match="continuous clock.*sample_sde"):
+        sample(bridged, schedule, (4, 2), method=method, steps=None if method == "ddpm" else 5)
+    with pytest.raises(ValueError, match="continuous clock"):
+        next(ddpm_loop(bridged, schedule, torch.randn(4, 2)))
+    sample(bridged.net, schedule, (4, 2), method=method, steps=None if method == "ddpm" else 5)   # the discrete model inside it works

@@ -198,3 +198,13 @@ def test_check_model_T_mismatch():
     with pytest.raises(ValueError, match="T=1000.*T=100"):
         s.check_model(Model())
     s.check_model(object())  # a model that declares nothing is accepted
+
+
+@pytest.mark.parametrize("bad", [1000.5, 100.0, "100", True])
+def test_check_model_rejects_non_integer_num_timesteps(bad):
+    # int(1000.5) would be 1000: a model declaring a fractional step count must not slip through
+    class Model:
+        num_timesteps = bad
+
+    with pytest.raises(TypeError, match="num_timesteps must be an int"):
+        NoiseSchedule.linear(100).check_model(Model())
