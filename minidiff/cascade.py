@@ -204,13 +204,16 @@ def _check_cascade_args(sr_model: SuperResolutionUNet, labels: Any, low_shape: A
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if steps is not None:
         _positive_int(steps, "steps", " (DDIM model calls per stage) or None")
+        if method == "ddpm":                              # silently ignoring a step count would mislead
+            raise ValueError(f"method='ddpm' takes all T steps; got steps={steps} (use method='ddim' for fewer, "
+                             "or steps=None)")
     return labels
 
 
 @torch.no_grad()
 def cascade_sample(base_model: EpsModel, sr_model: SuperResolutionUNet, schedule: NoiseSchedule,
                    labels: Tensor, low_shape: Sequence[int], aug_level: int = 0, method: str = "ddim",
-                   steps: int | None = 50, generator: torch.Generator | None = None,
+                   steps: int | None = None, generator: torch.Generator | None = None,
                    x_T_low: Tensor | None = None, x_T_high: Tensor | None = None,
                    sr_schedule: NoiseSchedule | None = None, sr_w: float = 0.0,
                    device: str | torch.device | None = None) -> tuple[Tensor, Tensor]:
@@ -220,7 +223,7 @@ def cascade_sample(base_model: EpsModel, sr_model: SuperResolutionUNet, schedule
     base_model: eps-model on (B, *low_shape) taking cond=labels (e.g. a CFG wrapper);
     labels: (B,); low_shape: (C, h, w) = (sr_model.channels, low_res_size, low_res_size);
     aug_level: a, a step index of ``sr_model.aug_schedule``; steps: DDIM model calls per stage
-    (DDPM takes all T); sr_w: classifier-free guidance weight of the SR stage (w >= 0; needs a
+    (None: 50; DDPM takes all T and refuses another count, as :func:`minidiff.samplers.sample` does); sr_w: classifier-free guidance weight of the SR stage (w >= 0; needs a
     class-conditional SR model trained with label dropout; CFG nulls the label only).
     The generator draws, in order, the x_T's not given, any sampler noise of stage 1, the
     augmentation noise ξ and the rest. Returns (low (B, C, h, w), high (B, C, H, W)).
@@ -230,7 +233,6 @@ def cascade_sample(base_model: EpsModel, sr_model: SuperResolutionUNet, schedule
     sr = ClassifierFreeGuidance(sr_model, sr_w) if sr_w > 0 else sr_model          # before any sampling: fail early
     B, size = labels.shape[0], sr_model.image_size
     sr_schedule = sr_schedule or schedule
-    steps = steps if method == "ddim" else None
     low = sample(base_model, schedule, (B, *low_shape), method=method, steps=steps, cond=labels,
                  generator=generator, x_T=x_T_low, device=device, progress=False).clamp(-1, 1)
     level = torch.full((B,), int(aug_level), dtype=torch.long, device=low.device)

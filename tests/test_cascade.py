@@ -290,7 +290,7 @@ def test_cascade_sample_equals_the_hand_computed_value(schedule, method, aug_lev
     x_T_high = torch.randn(5, 1, 8, 8, dtype=torch.float64)
     sr = _fake_sr(schedule)
     low, high = cascade_sample(ExactLowRes(schedule, patterns), sr, schedule, labels, (1, 4, 4), aug_level=aug_level,
-                               method=method, steps=8, generator=torch.Generator().manual_seed(2), x_T_low=x_T_low,
+                               method=method, steps=8 if method == "ddim" else None, generator=torch.Generator().manual_seed(2), x_T_low=x_T_low,
                                x_T_high=x_T_high, sr_w=sr_w)
     torch.testing.assert_close(low, patterns[labels], rtol=0, atol=1e-12)
     w = _bilinear_matrix(4, 8)
@@ -343,6 +343,8 @@ def test_cascade_sample_bad_inputs(schedule):
         cascade_sample(base, sr, schedule, y, (1, 4, 4), steps=T + 1)
     with pytest.raises((TypeError, ValueError), match="method must be one of"):
         cascade_sample(base, sr, schedule, y, (1, 4, 4), method="euler")
+    with pytest.raises(ValueError, match="method='ddpm' takes all T steps; got steps=8"):
+        cascade_sample(base, sr, schedule, y, (1, 4, 4), method="ddpm", steps=8)   # was silently ignored
     for bad in (float("nan"), -1.0, True):
         with pytest.raises((TypeError, ValueError), match="sr_w must"):
             cascade_sample(base, sr, schedule, y, (1, 4, 4), sr_w=bad)
