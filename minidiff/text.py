@@ -23,7 +23,13 @@ Tokens follow the shapes-world contract: ``LongTensor (B, L)``, ``[bos] words…
 ``PAD_ID = 0``, ``BOS_ID = 1``, ``EOS_ID = 2``, words from id 3.
 
 Freeze a trained model with :func:`freeze` (``requires_grad=False`` and eval mode) before using it as
-the conditioning of a diffusion model or as a metric.
+the conditioning of a diffusion model or as a metric. In a notebook (``images`` (N, 3, 32, 32), ``tokens``
+(N, L) of the same N scenes)::
+
+    clip = TinyCLIP.build(vocab_size)
+    train = lambda m: fit(m, clip_train_loss, (images, tokens), steps=pick(400, 3000), batch_size=64, lr=3e-3)
+    clip = freeze(load_or_train("tiny-clip", {"steps": pick(400, 3000)}, clip, train))
+    context = clip.token_features(tokens[:8])          # cond = {"context": context} for UNet(context_dim=64)
 """
 from __future__ import annotations
 
@@ -38,15 +44,16 @@ from .checkpoint import record_config
 from .checks import check_int, check_real, check_tensor
 from .nets.attention import TransformerBlock, group_norm
 
-__all__ = ["BOS_ID", "EOS_ID", "PAD_ID", "ImageEncoder", "TextEncoder", "TinyCLIP", "check_tokens", "clip_loss",
-           "clip_score", "clip_train_loss", "empty_tokens", "freeze", "zero_shot_accuracy"]
+__all__ = ["BOS_ID", "EOS_ID", "PAD_ID", "ImageEncoder", "TextEncoder", "TinyCLIP", "attention_mask", "check_tokens",
+           "clip_loss", "clip_score", "clip_train_loss", "empty_tokens", "eos_positions", "freeze", "zero_shot_accuracy"]
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 
 
 # --------------------------------------------------------------------------- tokens
 def check_tokens(tokens: Any, max_len: int, vocab_size: int, name: str = "tokens") -> Tensor:
-    """``tokens`` if it is a LongTensor (B, L) of ids in [0, vocab_size), L <= max_len, each row with an EOS."""
+    """``tokens`` if it is a LongTensor (B, L) of ids in [0, vocab_size), L <= max_len, each row
+    ``[bos] … [eos] …`` (BOS first, so no query is left with only pad keys; an EOS to pool at)."""
     check_tensor(tokens, name)
     if tokens.dtype != torch.long:
         raise TypeError(f"{name} must be a LongTensor (B, L) of token ids, got dtype {tokens.dtype}; tokenize the "
@@ -61,6 +68,10 @@ def check_tokens(tokens: Any, max_len: int, vocab_size: int, name: str = "tokens
     if low < 0 or high >= vocab_size:
         raise ValueError(f"{name} must hold ids in [0, vocab_size)=[0, {vocab_size}), got min {low} and max {high}; "
                          "build the encoder with the tokenizer's vocabulary size")
+    no_bos = (tokens[:, 0] != BOS_ID).nonzero().flatten().tolist()
+    if no_bos:
+        raise ValueError(f"every row of {name} must start with the BOS token (id {BOS_ID}): [bos] words… [eos] pad…; "
+                         f"rows {no_bos[:8]} do not")
     missing = (~(tokens == EOS_ID).any(dim=1)).nonzero().flatten().tolist()
     if missing:
         raise ValueError(f"every row of {name} needs an EOS token (id {EOS_ID}), where the pooled feature is read; "
@@ -81,7 +92,7 @@ def attention_mask(tokens: Tensor) -> Tensor:
     length = tokens.shape[1]
     causal = torch.ones(length, length, dtype=torch.bool, device=tokens.device).tril()
     keep = (tokens != PAD_ID)[:, None, :]               # (B, 1, L): pad keys are never read
-    return causal[None] & keep                         # BOS (never pad) keeps every row non-empty
+    return causal[None] & keep                         # key 0 (BOS) keeps every row non-empty
 
 
 def eos_positions(tokens: Tensor) -> Tensor:
@@ -149,6 +160,8 @@ class ImageEncoder(nn.Module):
         self.embed_dim = check_int(embed_dim, "embed_dim", 1)
         self.image_size, self.in_channels = check_int(image_size, "image_size", 1), check_int(in_channels, "in_channels", 1)
         base, groups = check_int(base_channels, "base_channels", 1), check_int(groups, "groups", 1)
+        if not isinstance(channel_mults, (tuple, list)):
+            raise TypeError(f"channel_mults must be a tuple of ints, e.g. (1, 2, 4), got {channel_mults!r}")
         mults = tuple(check_int(m, "channel_mults entries", 1) for m in channel_mults)
         if not mults or self.image_size % 2 ** len(mults):
             raise ValueError(f"image_size={self.image_size} must be divisible by 2**len(channel_mults)="
@@ -213,7 +226,10 @@ class TinyCLIP(nn.Module):
 
     @property
     def logit_scale(self) -> Tensor:
-        """e^t clipped at 100 so logits are never scaled by more (CLIP Sec. 2.5); 0-d tensor."""
+        """e^t clipped at 100 so logits are never scaled by more (CLIP Sec. 2.5); 0-d tensor.
+
+        CLIP clips t in place after each step; clipping here needs no hook in the training loop (beyond
+        100 the scale gets no gradient and stays pinned there)."""
         return self.log_scale.exp().clamp(max=100.0)
 
     def _device(self) -> torch.device:

@@ -239,6 +239,7 @@ def test_zero_shot_accuracy_and_clip_score_read_the_similarity(trained):
     (torch.ones(2, MAX_LEN + 1, dtype=torch.long).index_fill_(1, torch.tensor([1]), EOS_ID), ValueError, "max_len=8"),
     (caption_tokens().index_fill(1, torch.tensor([3]), len(VOCAB)), ValueError, r"ids in \[0, vocab_size\)"),
     (caption_tokens()[:, :3], ValueError, "needs an EOS token"),
+    (caption_tokens()[:, 1:], ValueError, "must start with the BOS token"),
     ([[1, 2]], TypeError, "tokens must be a torch.Tensor"),
 ])
 def test_bad_tokens(tokens, error, match):
