@@ -110,17 +110,29 @@ def test_causal_mask_hides_later_tokens():
     assert (after[0, 3:5] - before[0, 3:5]).abs().max() > 1e-3               # it and later ones do
 
 
-def test_padding_mask_hides_pad_tokens():
-    """Perturb the input at one pad position: without the key-padding mask the later pads would see it."""
-    enc, tokens = _encoder(), caption_tokens()[:2]
-    pad = 5                                                                  # eos at 4, pads at 5, 6, 7
+def _perturb_pad(enc: TextEncoder, tokens: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features before and after a random change of the input at position ``pad`` (a constant shift
+    would be removed by the LayerNorms)."""
     before = enc.features(tokens)
     with torch.no_grad():
-        enc.position_embedding[pad] += torch.randn(16, generator=torch.Generator().manual_seed(0))   # not a constant: LN removes those
-    after = enc.features(tokens)
+        enc.position_embedding[pad] += torch.randn(16, generator=torch.Generator().manual_seed(0))
+    return before, enc.features(tokens)
+
+
+def test_padding_mask_hides_pad_tokens(monkeypatch):
+    """Perturb the input at one pad position: only that position's feature changes."""
+    tokens, pad = caption_tokens()[:2], 5                                    # eos at 4, pads at 5, 6, 7
     others = [i for i in range(MAX_LEN) if i != pad]
+    before, after = _perturb_pad(_encoder(), tokens, pad)
     torch.testing.assert_close(after[:, others], before[:, others])
     assert (after[:, pad] - before[:, pad]).abs().max() > 1e-3
+    # the check has teeth: with the causal mask alone, the later pads (6, 7) read position 5
+    def causal_only(t: torch.Tensor) -> torch.Tensor:
+        return torch.ones(t.shape[1], t.shape[1], dtype=torch.bool).tril().expand(t.shape[0], -1, -1)
+    monkeypatch.setattr("minidiff.text.attention_mask", causal_only)
+    before, after = _perturb_pad(_encoder(), tokens, pad)
+    torch.testing.assert_close(after[:, :pad], before[:, :pad])
+    assert (after[:, pad + 1:] - before[:, pad + 1:]).abs().max() > 1e-3
 
 
 def test_pooled_feature_is_taken_at_eos():
