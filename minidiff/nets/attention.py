@@ -23,7 +23,7 @@ The tests load these state dicts into the diffusers modules and compare outputs.
 """
 from __future__ import annotations
 
-
+import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
@@ -84,7 +84,9 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(kv_dim, inner, bias=bias)
         self.to_out = nn.ModuleList([nn.Linear(inner, query_dim), nn.Dropout(dropout)])
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """``mask``: optional bool (B, N, L) or broadcastable, True where query n may attend to key l
+        (the text encoder's causal and padding masks); masked keys get attention weight 0."""
         if (context is None) != (self.context_dim is None):
             raise ValueError("a cross-attention layer needs context (B, L, context_dim)" if context is None
                              else "a self-attention layer takes no context")
@@ -93,7 +95,11 @@ class Attention(nn.Module):
         source = x if context is None else context
         q, k, v = (rearrange(proj(s), "b n (h d) -> b h n d", h=self.heads)
                    for proj, s in ((self.to_q, x), (self.to_k, source), (self.to_v, source)))
-        out = F.scaled_dot_product_attention(q, k, v)          # softmax(q kᵀ / √d) v, per head (eq. 1)
+        if mask is not None:
+            if mask.dtype != torch.bool or mask.ndim != 3:
+                raise ValueError(f"mask must be a bool tensor (B, N, L), got {mask.dtype} {tuple(mask.shape)}")
+            mask = mask[:, None]                                # one mask for every head
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)   # softmax(q kᵀ / √d) v, per head (eq. 1)
         out = rearrange(out, "b h n d -> b n (h d)")
         return self.to_out[1](self.to_out[0](out))
 
@@ -158,8 +164,9 @@ class TransformerBlock(nn.Module):
             self.norm2 = self.attn2 = None
         self.norm3, self.ff = nn.LayerNorm(dim), FeedForward(dim, dropout=dropout)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        x = x + self.attn1(self.norm1(x))
+    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """``mask``: optional bool (B, N, N) for the self-attention, True where a token may attend."""
+        x = x + self.attn1(self.norm1(x), mask=mask)
         if self.attn2 is not None:
             x = x + self.attn2(self.norm2(x), context)
         return x + self.ff(self.norm3(x))
