@@ -18,9 +18,11 @@ larger displacement, "above"/"below" (image rows grow downwards) or "left of"/"r
 in the image and in the label map alike.
 
 **Placement rule** (keeps captions unambiguous). Centres lie on the pixel grid with every shape fully
-inside the image, and any two centres are at least ``MIN_SEPARATION·(r_i + r_j)`` apart in the max-norm
-(r: the shapes' half-extents), so no shape is hidden by more than a thin sliver and every centre pixel
-stays visible. In a 2-object scene the displacement d between the centres also satisfies
+inside the image, and any two centres are at least ``max(MIN_SEPARATION·(r_i + r_j), MIN_CENTRE_DISTANCE)``
+apart in the max-norm (r: the shapes' half-extents; 8 px at 32²), so no shape is hidden by more than a thin
+sliver, every centre pixel stays visible, and two centres never fall in the same or in adjacent 4×4-pixel
+cells (what the evaluator of :mod:`minidiff.shapes_eval` relies on). In a 2-object scene the displacement
+d between the centres also satisfies
 ``||d_x| − |d_y|| ≥ RELATION_MARGIN`` pixels (at 32²), so the relation is clear-cut. Scenes violating a
 rule are redrawn (vectorised rejection sampling).
 
@@ -61,6 +63,7 @@ RELATIONS = ("above", "below", "left of", "right of")
 MAX_OBJECTS = 3
 BACKGROUND = -0.85                             # background grey level before the tint
 MIN_SEPARATION = 0.8                           # max-norm distance of centres ≥ 0.8 (r_i + r_j)
+MIN_CENTRE_DISTANCE = 8.0                      # ... and ≥ 8 px (at 32²): objects never crowd
 RELATION_MARGIN = 3.0                          # ||d_x| − |d_y|| ≥ 3 px (at 32²) in 2-object scenes
 SQUARE_HALF, CROSS_ARM = 0.9, 0.35             # square half-side and cross half-arm width, in units of r
 MAX_ROUNDS = 1000                              # rejection-sampling rounds before giving up
@@ -192,7 +195,8 @@ def colour_shape_pairs(exclude_pairs: Sequence[tuple[str, str]] = (),
 
 def _pair_ids(pairs: Sequence[tuple[str, str]], name: str) -> list[tuple[int, int]]:
     if isinstance(pairs, (str, bytes)) or not isinstance(pairs, (list, tuple)):
-        raise TypeError(f"{name} must be a list of (colour, shape) pairs such as [('green', 'triangle')], got {pairs!r}")
+        raise TypeError(f"{name} must be a list of (colour, shape) pairs such as [('green', 'triangle')], "
+                        f"got {pairs!r}")
     ids = []
     for pair in pairs:
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
@@ -223,7 +227,9 @@ def _place(radius: Tensor, present: Tensor, size: int, g: torch.Generator) -> Te
 def _valid(c: Tensor, radius: Tensor, present: Tensor, size: int) -> Tensor:
     """(N,) bool: the placement rule (module docstring) holds for centres c (N, K, 2)."""
     d = (c[:, :, None] - c[:, None, :]).abs()                    # (N, K, K, 2)
-    apart = d.amax(-1) >= MIN_SEPARATION * (radius[:, :, None] + radius[:, None, :])
+    reach = torch.maximum(MIN_SEPARATION * (radius[:, :, None] + radius[:, None, :]),
+                          torch.tensor(MIN_CENTRE_DISTANCE * size / 32))
+    apart = d.amax(-1) >= reach
     both = present[:, :, None] & present[:, None, :] & ~torch.eye(MAX_OBJECTS, dtype=torch.bool)
     ok = (apart | ~both).flatten(1).all(1)
     dx, dy = d[:, 0, 1, 0], d[:, 0, 1, 1]
@@ -303,7 +309,8 @@ def mask_boxes(masks: Tensor, k: int = MAX_OBJECTS) -> Tensor:
     def first(v: Tensor) -> Tensor:
         return v.int().argmax(-1)
 
-    boxes = torch.stack([first(cols), first(rows), size - 1 - first(cols.flip(-1)), size - 1 - first(rows.flip(-1))], -1)
+    last = lambda v: size - 1 - first(v.flip(-1))                                           # noqa: E731
+    boxes = torch.stack([first(cols), first(rows), last(cols), last(rows)], -1)
     return boxes.masked_fill(~cols.any(-1)[..., None], -1)
 
 
@@ -326,7 +333,8 @@ def captions_from_attributes(shapes: Tensor, colours: Tensor, sizes: Tensor, rel
 
 
 def _caption(shapes: list[int], colours: list[int], sizes: list[int], relation: int) -> str:
-    objects = [f"a {_SIZE_NAMES[z]} {_COLOUR_NAMES[c]} {SHAPES[s]}" for s, c, z in zip(shapes, colours, sizes) if s >= 0]
+    objects = [f"a {_SIZE_NAMES[z]} {_COLOUR_NAMES[c]} {SHAPES[s]}"
+               for s, c, z in zip(shapes, colours, sizes) if s >= 0]
     if len(objects) == 2:
         return f"{objects[0]} {RELATIONS[relation]} {objects[1]}"
     return " and ".join(objects)
@@ -356,7 +364,8 @@ def _parse(caption: str) -> tuple[list[tuple[int, int, int]], int]:
         phrase = words[pos:pos + 4]
         if len(phrase) < 4 or phrase[0] != "a" or phrase[1] not in SIZES or phrase[2] not in COLOURS \
                 or phrase[3] not in SHAPES:
-            raise ValueError(f"caption {caption!r}: expected 'a SIZE COLOUR SHAPE' at word {pos}, got {' '.join(phrase)!r}"
+            raise ValueError(f"caption {caption!r}: expected 'a SIZE COLOUR SHAPE' at word {pos}, "
+                             f"got {' '.join(phrase)!r}"
                              f" (sizes {_SIZE_NAMES}, colours {_COLOUR_NAMES}, shapes {SHAPES})")
         objects.append((_SIZE_NAMES.index(phrase[1]), _COLOUR_NAMES.index(phrase[2]), SHAPES.index(phrase[3])))
         pos += 4
@@ -432,7 +441,8 @@ class WordTokenizer:
         if tokens.ndim != 2 or tokens.dtype not in (torch.int32, torch.int64):
             raise ValueError(f"tokens must be a (B, L) integer tensor, got {tuple(tokens.shape)} {tokens.dtype}")
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
-            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got [{int(tokens.min())}, {int(tokens.max())}]")
+            raise ValueError(f"token ids must be in [0, {self.vocab_size}), "
+                             f"got [{int(tokens.min())}, {int(tokens.max())}]")
         out = []
         for row in tokens.tolist():
             words = row[:row.index(self.eos_id)] if self.eos_id in row else row
