@@ -122,7 +122,8 @@ class ShapesEvaluator(nn.Module):
 # --------------------------------------------------------------------------- training
 def evaluator_targets(scenes: Scenes) -> dict[str, Tensor]:
     """Per-cell training targets from scenes at 32²: ``object`` (B, G, G) float 0/1, ``colour`` / ``shape`` /
-    ``size`` (B, G, G) long (-100 = ignore, off the centre cells) and ``offset`` (B, 2, G, G) in (0, 1)."""
+    ``size`` (B, G, G) long on the 3×3 cells around each centre cell (-100 = ignore elsewhere) and ``offset``
+    (B, 2, G, G) in (0, 1), the centre's position inside its cell."""
     if not isinstance(scenes, Scenes):
         raise TypeError(f"scenes must be a Scenes from make_scenes, got {type(scenes).__name__}")
     if scenes.images.shape[-1] != IMAGE_SIZE:

@@ -22,9 +22,8 @@ inside the image, and any two centres are at least ``max(MIN_SEPARATION·(r_i + 
 apart in the max-norm (r: the shapes' half-extents; 8 px at 32²), so no shape is hidden by more than a thin
 sliver, every centre pixel stays visible, and two centres never fall in the same or in adjacent 4×4-pixel
 cells (what the evaluator of :mod:`minidiff.shapes_eval` relies on). In a 2-object scene the displacement
-d between the centres also satisfies
-``||d_x| − |d_y|| ≥ RELATION_MARGIN`` pixels (at 32²), so the relation is clear-cut. Scenes violating a
-rule are redrawn (vectorised rejection sampling).
+d between the centres also satisfies ``||d_x| − |d_y|| ≥ RELATION_MARGIN`` pixels (at 32²), so the
+relation is clear-cut. Scenes violating a rule are redrawn (vectorised rejection sampling).
 
 Everything is vectorised over scenes (a loop runs only over the ≤ 3 object slots) and seeded by a
 ``torch.Generator``: the same seed gives the same scenes. Held-out colour–shape pairs
@@ -358,7 +357,7 @@ def parse_captions(captions: str | Sequence[str]) -> dict[str, Tensor]:
 
 
 def _parse(caption: str) -> tuple[list[tuple[int, int, int]], int]:
-    words = caption.split()
+    words = caption.lower().split()               # case-insensitive, like the tokenizer
     objects, rel, pos = [], -1, 0
     while pos < len(words):
         phrase = words[pos:pos + 4]
