@@ -100,9 +100,11 @@ def test_short_training_reads_clean_scenes(trained, scenes):
     acc = caption_accuracy(trained, scenes.images, scenes)
     # measured with 150 steps: colour 0.98, shape 0.93, count 0.97, exact 0.85 (800 steps: all ≥ 0.99)
     assert acc["colour"] > 0.9 and acc["shape"] > 0.8 and acc["count"] > 0.85 and acc["exact"] > 0.7, acc
-    captions = trained.describe(scenes.images[:20])
-    parse_captions(captions)                                    # what it reads is in the grammar
-    assert sum(a == b for a, b in zip(captions, scenes.captions[:20])) >= 12
+    single = scenes[scenes.count == 1][:20]
+    assert sum(a == b for a, b in zip(trained.describe(single.images), single.captions)) >= 15
+    # what it reads, judged by the oracle of the true scenes (objects may be named in another order)
+    read = caption_accuracy(Oracle(scenes), scenes.images, trained.describe(scenes.images))
+    assert read["object_size"] > 0.8 and read["relation"] > 0.7, read
 
 
 def test_features_and_frechet(trained, scenes):
