@@ -17,6 +17,9 @@ from .guidance import ClassifierFreeGuidance, ClassifierGuidance, cfg_combine, c
 from .cascade import SuperResolutionUNet, cascade_sample
 from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from .train import EMA, diffusion_loss, fit, random_batches, train, zip_batches
+from .text import ImageEncoder, TextEncoder, TinyCLIP, clip_loss, clip_score, clip_train_loss, freeze, zero_shot_accuracy
+from .data.shapes import Scenes, WordTokenizer, make_scenes, plot_scenes
+from .shapes_eval import ShapesEvaluator, caption_accuracy, shapes_evaluator, shapes_frechet
 
 __version__ = "0.1.0"
 __all__ = [
@@ -34,4 +37,8 @@ __all__ = [
     "SuperResolutionUNet", "cascade_sample",
     "EMA", "diffusion_loss", "fit", "random_batches", "train", "zip_batches",
     "load_checkpoint", "load_model", "save_checkpoint", "save_model",
+    "ImageEncoder", "TextEncoder", "TinyCLIP", "clip_loss", "clip_score", "clip_train_loss", "freeze",
+    "zero_shot_accuracy",
+    "Scenes", "WordTokenizer", "make_scenes", "plot_scenes",
+    "ShapesEvaluator", "caption_accuracy", "shapes_evaluator", "shapes_frechet",
 ]

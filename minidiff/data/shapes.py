@@ -43,6 +43,7 @@ from torch import Tensor
 
 from ..checks import check_int, check_real, check_tensor
 from ..config import resolve_device
+from ..text import BOS_ID, EOS_ID, PAD_ID
 
 __all__ = ["SHAPES", "COLOURS", "SIZES", "RELATIONS", "MAX_OBJECTS", "Scenes", "make_scenes", "relation_of",
            "captions_from_attributes", "parse_captions", "colour_shape_pairs", "vocabulary", "WordTokenizer",
@@ -404,7 +405,7 @@ class WordTokenizer:
     """Word-level tokenizer of the caption grammar: ``encode`` gives (B, max_len) long ids
     ``[bos] words… [eos] pad…``; the empty caption is ``[bos, eos, pad…]`` (the CFG null condition)."""
 
-    pad_id, bos_id, eos_id = 0, 1, 2
+    pad_id, bos_id, eos_id = PAD_ID, BOS_ID, EOS_ID         # one home: minidiff.text, the encoder's contract
 
     def __init__(self, max_len: int = 16) -> None:
         self.max_len = check_int(max_len, "max_len", 2, hint=" (tokens per caption, counting BOS and EOS)")
