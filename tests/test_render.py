@@ -1,8 +1,9 @@
 """The rendered course reads offline: `make course` pages load nothing remote and typeset math.
 
-One tiny notebook (a heading, a code cell, `$x^2$` math) is rendered once per module by
-``render_course.main`` into a tmp folder, exactly as ``make course`` would (kernel included, a
-few seconds). The browser check needs Chromium and skips with the command to install it.
+Two tiny notebooks (a heading, `$x^2$` and display math, one code cell) are rendered once per
+module by ``render_course.main`` into a tmp folder, in two runs, exactly as ``make course NB=…``
+would (kernels included: a few seconds each). The browser check needs Chromium and skips with
+the command that installs it.
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def parse(page: Path) -> Tags:
     return tags
 
 
+@pytest.mark.slow  # a kernel renders the tiny notebooks (shared fixture)
 def test_page_loads_no_remote_script_or_stylesheet(built):
     tags = parse(built / "01_squares.html")
     sources = [a["src"] for tag, a in tags.tags if tag == "script" and a.get("src")]
@@ -95,6 +97,7 @@ def test_page_loads_no_remote_script_or_stylesheet(built):
     assert "cdnjs.cloudflare.com" not in (built / "01_squares.html").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow  # a kernel renders the tiny notebooks (shared fixture)
 def test_mathjax_script_exists_relative_to_the_page(built):
     tags = parse(built / "01_squares.html")
     mathjax = [a["src"] for tag, a in tags.tags if tag == "script" and "MathJax.js" in (a.get("src") or "")]
@@ -107,6 +110,7 @@ def test_mathjax_script_exists_relative_to_the_page(built):
     assert any((built / course_html.MATHJAX_DIR / "fonts/HTML-CSS/STIX-Web/woff").glob("*.woff"))
 
 
+@pytest.mark.slow  # a kernel renders the tiny notebooks (shared fixture)
 def test_index_links_every_page_with_title_mode_and_runtime(built):
     pages = sorted(p.name for p in built.glob("*.html") if p.name != "index.html")
     assert pages == ["01_squares.html", "02_cubes.html"]
@@ -123,8 +127,11 @@ def test_index_links_every_page_with_title_mode_and_runtime(built):
     assert not course_html.remote_references((built / "index.html").read_text(encoding="utf-8"))
 
 
-def test_page_title_is_the_first_heading(built):
-    assert f"<title>{TITLE}</title>" in (built / "01_squares.html").read_text(encoding="utf-8")
+@pytest.mark.slow  # a kernel renders the tiny notebooks (shared fixture)
+def test_page_is_the_executed_notebook_titled_by_its_first_heading(built):
+    page = (built / "01_squares.html").read_text(encoding="utf-8")
+    assert f"<title>{TITLE}</title>" in page
+    assert "<pre>9\n</pre>" in page  # the code cell ran: print(3 ** 2)
 
 
 def test_remote_references_finds_what_a_browser_would_fetch():
@@ -189,21 +196,53 @@ def chromium() -> str | None:
     return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
 
 
+# Appended to a copy of the page: once MathJax has typeset, lists the web fonts the browser loaded
+# (the DOM alone cannot tell STIX-Web glyphs from a system-font fallback).
+FONT_PROBE = """<script>
+MathJax.Hub.Queue(function () {
+  document.fonts.ready.then(function () {
+    var loaded = [];
+    document.fonts.forEach(function (face) { if (face.status === "loaded") loaded.push(face.family); });
+    var probe = document.createElement("pre");
+    probe.id = "font-probe";
+    probe.textContent = loaded.join(",");
+    document.body.appendChild(probe);
+  });
+});
+</script>
+"""
+
+
+def dump_dom(browser: str, page: Path, profile: Path) -> str:
+    """The page's DOM after its scripts ran, in headless Chromium with no network."""
+    command = [browser, "--headless", "--disable-gpu", f"--user-data-dir={profile}",
+               "--host-resolver-rules=MAP * ~NOTFOUND",  # offline: no host name resolves, file:// still loads
+               "--virtual-time-budget=20000", "--dump-dom", page.as_uri()]
+    if os.geteuid() == 0:
+        command.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+
+
+@pytest.mark.slow  # kernels render the tiny notebooks, then Chromium loads the page twice
 def test_math_is_typeset_offline_in_a_headless_browser(built, tmp_path):
     browser = chromium()
     if browser is None:
         pytest.skip("no Chromium: apt-get install chromium to run this check")
-    command = [browser, "--headless", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
-               "--virtual-time-budget=20000", "--dump-dom", (built / "01_squares.html").as_uri()]
-    if os.geteuid() == 0:
-        command.insert(1, "--no-sandbox")  # Chromium refuses to run as root with its sandbox
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
+    dom = dump_dom(browser, built / "01_squares.html", tmp_path / "profile")
     # One inline and one display equation, each replaced by MathJax's frame (a display one inside a div).
     assert dom.count('class="MathJax"') == 2 and dom.count('class="MathJax_Display"') == 1
     assert 'id="MathJax-Span-' in dom  # HTML-CSS output: the equations became laid-out spans
-    assert "STIXMathJax_" in dom  # typeset with the shipped web fonts, not a system-font fallback
     text = parse_dom_text(dom)
     assert "$x^2$" not in text and "$$" not in text, "raw TeX left on the page"
+
+    # The same page, probed: its glyphs come from the STIX-Web fonts shipped in build/_static.
+    page = (built / "01_squares.html").read_text(encoding="utf-8")
+    base = f'<head><base href="{built.as_uri()}/">'  # the copy lives in tmp_path; its URLs stay relative to build/
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("<head>", base, 1).replace("</body>", FONT_PROBE + "</body>", 1), encoding="utf-8")
+    loaded = re.search(r'<pre id="font-probe">([^<]*)</pre>', dump_dom(browser, probe, tmp_path / "profile"))
+    assert loaded, "MathJax did not finish typesetting"
+    assert "STIXMathJax_Main" in loaded.group(1).split(","), f"web fonts loaded: {loaded.group(1)!r}"
 
 
 def parse_dom_text(dom: str) -> str:
