@@ -2,9 +2,11 @@
 """Execute the course notebooks and render them for reading.
 
 For each ``notebooks/NN_slug.ipynb`` this writes ``build/NN_slug.ipynb`` (executed, with
-outputs) and ``build/NN_slug.html`` (self-contained: figures are embedded), printing one
-progress line per notebook and a table of times at the end. It exits non-zero if any notebook
-fails, naming the failing cell.
+outputs) and ``build/NN_slug.html`` (figures embedded, math typeset by a MathJax copied into
+``build/_static/mathjax``: the pages read offline), then ``build/index.html``, the chapter map
+(title, link, runtime and mode of every chapter rendered so far; see ``course_html``). It prints
+one progress line per notebook and a table of times at the end, and exits non-zero if any
+notebook fails, naming the failing cell.
 
     python tools/render_course.py                 # all chapters, full mode
     MINIDIFF_QUICK=1 python tools/render_course.py 01 03   # chapters 01 and 03, quick mode
@@ -41,6 +43,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 from traitlets import default
 
 # tools/ is on sys.path whether these scripts run directly or under pytest (pythonpath = tools)
+import course_html
 from strip_outputs import NOTEBOOK_DIR, select_notebooks
 from student_edition import describe
 
@@ -142,11 +145,17 @@ def run_notebook(
     return run
 
 
-def write_html(nb: nbformat.NotebookNode, path: Path, title: str) -> None:
-    from nbconvert import HTMLExporter  # imported late: slow, and only needed here
-
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb, resources={"metadata": {"name": title}})
-    path.write_text(body, encoding="utf-8")
+def chapter_record(stem: str, run: NotebookRun, mode: str, where: str) -> course_html.ChapterRecord:
+    """What index.html says about one rendered notebook."""
+    return course_html.ChapterRecord(
+        stem=stem,
+        title=course_html.notebook_title(run.nb, fallback=stem),
+        html=f"{stem}.html",
+        mode=mode,
+        seconds=round(run.seconds, 1),
+        status="ok" if run.ok else f"FAILED in {where}: {run.message}",
+        environment=course_html.environment(ROOT),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if env.get("MINIDIFF_QUICK", "") not in ("", "0") else "full"
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"rendering {len(paths)} notebook(s) into {args.out} ({mode} mode, kernel {sys.executable})")
+    # Before any notebook runs: a missing MathJax package should not cost a full build.
+    mathjax = None if args.no_html else course_html.install_mathjax(args.out)
 
     runs: list[tuple[str, NotebookRun]] = []
     width = max(len(p.stem) for p in paths)
@@ -177,16 +188,20 @@ def main(argv: list[str] | None = None) -> int:
         nb = nbformat.read(path, as_version=4)
         run = run_notebook(nb, cwd=path.parent, env=env, timeout=args.timeout)
         runs.append((path.stem, run))
+        cell = run.failed_cell
+        where = "kernel startup" if cell is None else f"cell {cell}"
         # Written even on failure: the executed copy shows the traceback in place.
         nbformat.write(run.nb, args.out / path.name)
-        if not args.no_html:
-            write_html(run.nb, args.out / f"{path.stem}.html", path.stem)
+        if mathjax is not None:
+            record = chapter_record(path.stem, run, mode, where)
+            course_html.write_page(run.nb, args.out / record.html, record.title)
+            # After every chapter, so the map is usable while a long full build goes on.
+            course_html.write_index(args.out, course_html.update_manifest(args.out, [record]), mathjax)
         if run.ok:
             print(f"{run.seconds:.1f} s", flush=True)
         else:
-            cell = run.failed_cell
-            where = describe(cell, run.nb.cells[cell]) if cell is not None else "kernel startup"
-            print(f"FAILED after {run.seconds:.1f} s in {where}: {run.message}", flush=True)
+            detail = describe(cell, run.nb.cells[cell]) if cell is not None else where
+            print(f"FAILED after {run.seconds:.1f} s in {detail}: {run.message}", flush=True)
             if args.fail_fast:
                 break
 
@@ -204,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"\n{len(failed)} notebook(s) failed: {', '.join(s for s, _ in failed)}", file=sys.stderr)
         return 1
-    print(f"\nall {len(runs)} notebook(s) ok; open {args.out}/*.html")
+    print(f"\nall {len(runs)} notebook(s) ok; open {args.out}/{'*.ipynb' if args.no_html else 'index.html'}")
     return 0
 
 
