@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from minidiff import NoiseSchedule, UNet, fit, load_model, sample, save_model, train
+from minidiff import NoiseSchedule, UNet, fit, load_model, sample, save_model
 from minidiff.cache import load_or_train
 from minidiff.forward import gaussian_kl
 from minidiff.guidance import ClassifierFreeGuidance
 from minidiff.latent import (Codec, DiagonalGaussian, DiffusersCodec, KLAutoencoder, LatentDiffusion,
-                             decode_in_batches, encode_in_batches, estimate_scaling_factor, train_autoencoder,
-                             vae_loss)
+                             decode_in_batches, encode_in_batches, estimate_scaling_factor, evaluate_autoencoder,
+                             train_autoencoder, vae_loss)
 from minidiff.train import diffusion_loss
 
 T = 20
@@ -43,9 +43,9 @@ def tiny_vae(**kw):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    config = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
-                  latent_channels=4, norm_num_groups=4, sample_size=16)
+    config = {"in_channels": 3, "out_channels": 3, "down_block_types": ("DownEncoderBlock2D",) * 2,
+              "up_block_types": ("UpDecoderBlock2D",) * 2, "block_out_channels": (8, 16), "layers_per_block": 1,
+              "latent_channels": 4, "norm_num_groups": 4, "sample_size": 16}
     return AutoencoderKL(**{**config, **kw}).eval()
 
 
@@ -157,6 +157,7 @@ def test_vae_loss_is_mse_plus_beta_kl_per_pixel_value():
     torch.testing.assert_close(loss0, rec)
 
 
+@pytest.mark.slow
 def test_short_training_reduces_reconstruction_error():
     x, held_out = blobs(512), blobs(64, seed=1)
     ae = tiny_ae()
@@ -170,6 +171,18 @@ def test_short_training_reduces_reconstruction_error():
     after = held_out_mse()
     assert set(records[-1]) >= {"step", "loss", "rec", "kl"}
     assert after < before / 2.5, (before, after)            # measured 0.196 -> 0.060 (3.3×) in 60 steps
+
+
+def test_evaluate_autoencoder_is_mse_and_kl_of_the_means():
+    ae, x = tiny_ae().eval(), blobs(10)
+    got = evaluate_autoencoder(ae, x, batch_size=3)
+    with torch.no_grad():
+        q = ae.posterior(x)
+        assert got["mse"] == pytest.approx(((ae.decode_raw(q.mean) - x) ** 2).mean().item(), rel=1e-5)
+        assert got["kl"] == pytest.approx(q.kl().mean().item(), rel=1e-5)
+    assert got["kl_per_dim"] == pytest.approx(got["kl"] / (4 * 4 * 4))
+    with pytest.raises(TypeError, match="KLAutoencoder"):
+        evaluate_autoencoder(DiffusersCodec(tiny_vae()), x)
 
 
 def test_scaling_factor_gives_unit_variance_on_its_data():
@@ -364,6 +377,7 @@ def test_latent_diffusion_loss_is_diffusion_loss_with_the_null_context(schedule)
     torch.testing.assert_close(got, want)
 
 
+@pytest.mark.slow
 def test_tiny_latent_diffusion_training_and_sampling_run(schedule):
     torch.manual_seed(0)
     ae = tiny_ae()
@@ -379,8 +393,9 @@ def test_tiny_latent_diffusion_training_and_sampling_run(schedule):
             return sum(loss(ld, probe, torch.Generator().manual_seed(k)).item() for k in range(4)) / 4
 
     before = probe_loss()
-    losses = fit(ld, loss, (z0, cond), steps=40, batch_size=16, lr=2e-3, progress=False)
-    assert all(math.isfinite(v) for v in losses) and probe_loss() < before
+    losses = fit(ld, loss, (z0, cond), steps=30, batch_size=16, lr=2e-3, progress=False)
+    assert all(math.isfinite(v) for v in losses)
+    assert probe_loss() < 0.85 * before                     # measured 1.12 -> 0.64 after 30 steps
     assert all(torch.equal(a, b) for a, b in zip(codec_before, ae.parameters()))      # codec untouched
     images = ld.sample(3, text_cond(3, seed=1), w=2.0, steps=5, generator=torch.Generator().manual_seed(0),
                        progress=False)

@@ -7,22 +7,12 @@
 * :mod:`~minidiff.latent.diffusers_codec`: :class:`DiffusersCodec` (Stable Diffusion's VAE);
 * :mod:`~minidiff.latent.diffusion`: :class:`LatentDiffusion`, an eps-model on latents that decodes its samples.
 """
-from .autoencoder import FACTORS, KLAutoencoder, train_autoencoder, vae_loss
+from .autoencoder import FACTORS, KLAutoencoder, evaluate_autoencoder, train_autoencoder, vae_loss
 from .codec import Codec, decode_in_batches, encode_in_batches, estimate_scaling_factor
 from .diffusers_codec import DiffusersCodec
 from .diffusion import LatentDiffusion
 from .posterior import DiagonalGaussian
 
-__all__ = [
-           "FACTORS",
-           "Codec",
-           "DiagonalGaussian",
-           "DiffusersCodec",
-           "KLAutoencoder",
-           "LatentDiffusion",
-           "decode_in_batches",
-           "encode_in_batches",
-           "estimate_scaling_factor",
-           "train_autoencoder",
-           "vae_loss",
-]
+__all__ = ["FACTORS", "Codec", "DiagonalGaussian", "DiffusersCodec", "KLAutoencoder", "LatentDiffusion",
+           "decode_in_batches", "encode_in_batches", "estimate_scaling_factor", "evaluate_autoencoder",
+           "train_autoencoder", "vae_loss"]

@@ -122,14 +122,14 @@ class LatentDiffusion(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, cond: Any = None, *, w: float = 0.0, method: str = "ddim", steps: int | None = None,
-               eta: float = 0.0, generator: torch.Generator | None = None, device: str | torch.device | None = None,
-               decode: bool = True, clamp: bool = True, progress: bool = True, **loop_kwargs: Any) -> Tensor:
+               eta: float = 0.0, generator: torch.Generator | None = None, decode: bool = True, clamp: bool = True, progress: bool = True, **loop_kwargs: Any) -> Tensor:
         """n images (n, C, H, W): sample latents with minidiff's samplers, then decode them.
 
         cond: None or a condition with batch n, e.g. ``{"context": (n, L, D)}``. w: classifier-free guidance
         weight >= 0 (Ho & Salimans eq. 6; 0 = the conditional model) with :attr:`null_cond` as ∅. method /
-        steps / eta / loop_kwargs: as :func:`minidiff.samplers.sample` ("ddpm" needs steps=None or T).
-        decode=False returns the latents (n, c, h, w); clamp: clip decoded images to [-1, 1].
+        steps / eta / loop_kwargs: as :func:`minidiff.samplers.sample` (DDIM: 50 steps by default; DDPM: all T).
+        decode=False returns the latents (n, c, h, w); clamp: clip decoded images to [-1, 1]. Runs where ``ld``
+        lives (``ld.to(device)``); the start noise is drawn on the CPU ``generator``, so seeds match across devices.
         """
         n = check_int(n, "n (number of samples)", 1)
         w = check_guidance_scale(w, "w")
@@ -142,7 +142,7 @@ class LatentDiffusion(nn.Module):
                                  "unconditionally")
             model = ClassifierFreeGuidance(self, w, null=self.null_cond)
         z = run_sampler(model, self.schedule, (n, *self.latent_shape), method, steps, eta, cond, generator,
-                        device, progress=progress, **loop_kwargs)
+                        progress=progress, **loop_kwargs)
         if not decode:
             return z
         x = decode_in_batches(self.codec, z)
