@@ -205,7 +205,7 @@ def test_save_load_and_cache_keep_the_scaling_factor(tmp_path):
     ae.set_scaling_factor(0.18215)
     save_model(ae, tmp_path / "ae")
     back = load_model(tmp_path / "ae")
-    assert isinstance(back, KLAutoencoder) and back.scaling_factor == pytest.approx(0.18215, rel=1e-12)
+    assert isinstance(back, KLAutoencoder) and back.scaling_factor == pytest.approx(0.18215, rel=1e-7)
     x = blobs(2)
     torch.testing.assert_close(back.encode(x), ae.eval().encode(x))
 

@@ -93,7 +93,7 @@ class KLAutoencoder(nn.Module):
         n, g = check_int(num_res_blocks, "num_res_blocks", 1), check_int(groups, "groups", 1)
         self.encoder = self._encoder(widths, n, g)
         self.decoder = self._decoder(widths, n, g)
-        self.register_buffer("_scaling_factor", torch.tensor(1.0, dtype=torch.float64))
+        self.register_buffer("_scaling_factor", torch.tensor(1.0))    # float32: MPS has no float64
 
     @staticmethod
     def _widths(base: int, channel_mults: Sequence[int] | None, levels: int) -> list[int]:

@@ -6,8 +6,8 @@ Stable Diffusion's VAE (through :class:`~minidiff.latent.DiffusersCodec`) are bo
 :class:`~minidiff.latent.LatentDiffusion` runs on either.
 
 Latents are **scaled**: ``encode`` returns s·z_raw with the scaling factor s = 1 / std(z_raw) estimated
-on data (LDM Sec. 4.3.2 and App. G; Stable Diffusion's s = 0.18215), so the latents the diffusion model
-sees have unit variance like its N(0, I) prior; ``decode`` divides by s before decoding.
+on data (LDM Sec. 4.3.2, ``scale_by_std`` in its code; Stable Diffusion's s = 0.18215), so the latents the
+diffusion model sees have unit variance like its N(0, I) prior; ``decode`` divides by s before decoding.
 """
 from __future__ import annotations
 
@@ -105,7 +105,7 @@ def decode_in_batches(codec: Codec, latents: Tensor, batch_size: int = 256) -> T
 def estimate_scaling_factor(codec: Codec, images: Tensor, batch_size: int = 256, *, sample: bool = False,
                             generator: torch.Generator | None = None,
                             device: str | torch.device | None = None) -> float:
-    r"""The s that gives the codec's latents unit variance on ``images``: s = 1 / std(z_raw)  (LDM App. G;
+    r"""The s that gives the codec's latents unit variance on ``images``: s = 1 / std(z_raw)  (LDM Sec. 4.3.2;
     the latent-diffusion code takes ``1 / z.flatten().std()`` of the first batch, Stable Diffusion's 0.18215).
 
     Works for any codec whatever its current factor s₀: its latents are s₀·z_raw, so the new factor is
