@@ -30,6 +30,9 @@ One catch, taught rather than hidden: at t = 1 the path has *zero* signal-to-noi
 ε = x_t carries nothing of v and (ε − x_t)/(1 − t) is 0/0. The ODE solvers' clock τ ∈ [0, 1] is therefore
 mapped to t = t_max·τ with t_max < 1 (default 0.999), like the VP-SDE whose m(1) ≈ 0.0066 ≠ 0 is neglected
 too. A velocity model needs no such truncation: :func:`flow_sample` integrates from t = 1 to t = 0.
+The other direction holds as well: :class:`EpsVelocity` reads the eps-model of *any* SDE (a chapter-2 DDPM net
+through :class:`~minidiff.clock.ContinuousTime`) as a velocity on the linear path by matching signal-to-noise
+ratios, so the rectified-flow sampler runs on it — and the exact models of every SDE give the one exact velocity.
 
 Shapes: x: (B, *shape); times: Python floats or (B,) tensors in [0, 1].
 """
@@ -61,7 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = ["linear_path", "velocity_target", "velocity_to_eps", "eps_to_velocity", "velocity_to_x0",
            "x0_to_velocity", "velocity_to_score", "score_to_velocity", "TIME_SAMPLINGS", "sample_flow_times",
-           "flow_matching_loss", "FlowPath", "VelocityEps", "mixture_posterior_means", "MixtureVelocity",
+           "flow_matching_loss", "FlowPath", "VelocityEps", "EpsVelocity", "mixture_posterior_means", "MixtureVelocity",
            "FLOW_METHODS", "flow_loop", "flow_sample"]
 
 VelocityModel = EpsModel          # the same contract: v_model(x_t: (B, *shape), t: (B,) in [0, 1], cond=None)
@@ -150,17 +153,22 @@ def score_to_velocity(x_t: Tensor, score: Tensor, t: Tensor | float) -> Tensor:
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 
 
+def _check_time_sampling(time_sampling: str, logit_mean: float, logit_std: float) -> tuple[float, float]:
+    check_choice(time_sampling, "time_sampling", TIME_SAMPLINGS)
+    logit_mean = check_real(logit_mean, "logit_mean", hint=" (m of the logit-normal; 0 is centred on t = 0.5)")
+    logit_std = check_real(logit_std, "logit_std", low=0, low_open=True, hint=" (s of the logit-normal, e.g. 1.0)")
+    return logit_mean, logit_std
+
+
 def sample_flow_times(batch: int, generator: torch.Generator, time_sampling: str = "uniform", *,
                       logit_mean: float = 0.0, logit_std: float = 1.0) -> Tensor:
     r"""Training times (batch,) float32 in [0, 1]: ``"uniform"`` t ~ U[0, 1] (Lipman et al. 2023) or
     ``"logit_normal"`` t = sigmoid(m + s n), n ~ N(0, 1), which puts more weight on the middle of the path
     (Esser et al. 2024, "Scaling Rectified Flow Transformers", eq. 19, π_ln(t; m, s))."""
     batch = check_int(batch, "batch", 1)
-    check_choice(time_sampling, "time_sampling", TIME_SAMPLINGS)
+    logit_mean, logit_std = _check_time_sampling(time_sampling, logit_mean, logit_std)
     if time_sampling == "uniform":
         return torch.rand(batch, generator=generator)
-    logit_mean = check_real(logit_mean, "logit_mean", hint=" (m of the logit-normal; 0 is centred on t = 0.5)")
-    logit_std = check_real(logit_std, "logit_std", low=0, low_open=True, hint=" (s of the logit-normal, e.g. 1.0)")
     return torch.sigmoid(logit_mean + logit_std * torch.randn(batch, generator=generator))
 
 
@@ -175,8 +183,7 @@ def flow_matching_loss(time_sampling: str = "uniform", *, logit_mean: float = 0.
     condition is replaced by the null condition (``null``, default the model's ``null_cond``; only ``keys`` of a
     mapping) through :func:`minidiff.cond.drop`, as :func:`minidiff.train.diffusion_loss` does for CFG.
     """
-    check_choice(time_sampling, "time_sampling", TIME_SAMPLINGS)
-    sample_flow_times(1, torch.Generator(), time_sampling, logit_mean=logit_mean, logit_std=logit_std)  # checks
+    logit_mean, logit_std = _check_time_sampling(time_sampling, logit_mean, logit_std)
     p_uncond = check_real(p_uncond, "p_uncond", low=0, high=1, hint=" (the condition-dropout probability)")
     if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
         raise TypeError(f"keys must be a sequence of condition names, e.g. ('label', 'context'), got {keys!r}")
@@ -275,6 +282,63 @@ class VelocityEps(nn.Module):
         t = self.path.path_time(check_time(tau, x.shape[0], "tau"))
         v = call_eps(self.velocity_model, x, t.to(device=x.device, dtype=x.dtype), cond)
         return velocity_to_eps(x, v, t)
+
+
+class EpsVelocity(nn.Module):
+    r"""The other direction: an eps-model of any SDE of :mod:`minidiff.sde` as a velocity model on the linear path.
+
+    Processes with the same signal-to-noise ratio are the same up to a scale (Kingma et al. 2021, "Variational
+    Diffusion Models", sec. 5.1; Karras et al. 2022, EDM, eq. 4): the linear path at t has SNR ((1 − t)/t)², the SDE
+    the SNR (m(τ)/s(τ))² at the τ found by bisection (it falls monotonically for VP, sub-VP and VE), and there
+    x_sde = c·x_lin with c = ‖(m, s)‖/‖(1 − t, t)‖ (finite at both ends). The noise is the same, so
+
+    .. math:: \varepsilon(x, t) = \varepsilon_\theta(c\,x, \tau),\qquad v = (\varepsilon - x)/(1 - t).
+
+    Valid for t ≤ ``t_max`` = s(1)/(m(1) + s(1)), the SDE's own end (0.9934 for the VP-SDE of a linear DDPM
+    schedule): start :func:`flow_sample` there, ``t_start=model.t_max``. x: (B, *shape), t: (B,) -> (B, *shape).
+    """
+
+    clock = "continuous"
+
+    def __init__(self, eps_model: EpsModel, sde: SDE, bisection_steps: int = 60) -> None:
+        super().__init__()
+        if not callable(eps_model):
+            raise TypeError(f"eps_model must be callable as eps(x_t, t, cond), got {type(eps_model).__name__}")
+        check_continuous_model(eps_model, "EpsVelocity")
+        if not callable(getattr(sde, "marginal_coeffs", None)):
+            raise TypeError(f"sde must be an SDE of minidiff.sde (VPSDE(), ...), got {type(sde).__name__}")
+        self.eps_model, self.sde = eps_model, sde
+        self.bisection_steps = check_int(bisection_steps, "bisection_steps", 1, hint=" (60 halvings reach float64)")
+        m1, s1 = (float(c) for c in sde.marginal_coeffs(1.0))
+        self.t_max = s1 / (m1 + s1)
+
+    @property
+    def null_cond(self) -> Any:
+        return cond_ops.model_null(self.eps_model)
+
+    def sde_time(self, t: Tensor) -> Tensor:
+        """τ (B,) float64 with log SNR_sde(τ) = 2 log((1 − t)/t), by bisection on [0, 1]. t: (B,) float64."""
+        target = 2 * (torch.log1p(-t) - torch.log(t))
+        lo, hi = torch.zeros_like(t), torch.ones_like(t)
+        for _ in range(self.bisection_steps):
+            mid = (lo + hi) / 2
+            m, s = self.sde.marginal_coeffs(mid)
+            later = 2 * (m.log() - s.log()) > target          # still less noisy than the target: τ is later
+            lo, hi = torch.where(later, mid, lo), torch.where(later, hi, mid)
+        return (lo + hi) / 2
+
+    def forward(self, x: Tensor, t: Tensor | float, cond: Any = None) -> Tensor:
+        check_tensor(x, "x", floating=True, min_ndim=1)
+        t = check_time(t, x.shape[0])
+        if bool((t > self.t_max + 1e-6).any()):                 # 1e-6: t_max rounded to float32 by a sampler
+            raise ValueError(f"t must be <= t_max={self.t_max:.6g}, the linear-path time of the SDE's end (τ = 1); "
+                             f"got max {float(t.max()):g}: start the flow there (flow_sample(..., t_start=model.t_max))")
+        t = t.clamp(max=self.t_max)
+        tau = self.sde_time(t)
+        m, s = self.sde.marginal_coeffs(tau)
+        c = ((m**2 + s**2) / ((1 - t) ** 2 + t**2)).sqrt().to(x).reshape(-1, *([1] * (x.ndim - 1)))
+        eps = call_eps(self.eps_model, c * x, tau.to(device=x.device, dtype=x.dtype), cond)
+        return eps_to_velocity(x, eps, t)
 
 
 # ------------------------------------------------------------------------------ exact velocity of a mixture
