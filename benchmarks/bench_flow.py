@@ -18,11 +18,11 @@ and each is sampled from the same x_T with a budget of NFE network calls:
                     sampled by flow Euler from its own end t_max = 0.9934 — the rectified-flow sampler on the
                     ε-trained net, which separates what the sampler does from what the training objective does
 
-The same four samplers run the exact models of the ring as a reference (what a perfectly trained net would give):
-``MixtureVelocity`` for the flow rows, the exact DDPM eps-model ``GaussianMixture.optimal_eps_model`` for DDIM and,
-through the same bridge as the trained net, for the PF-ODE. Quality: mean (and median) exact log-likelihood of the samples under the ring (higher is better;
-the data's own value is the first row) and MMD² to fresh data (``minidiff.metrics.mmd``, bandwidths 0.1/0.2/0.4,
-lower is better; the data row shows its sampling noise). NFE is counted (``CountCalls``), not assumed.
+The same samplers run the exact models of the ring as a reference (what a perfectly trained net would give):
+``MixtureVelocity`` for the flow rows, the exact DDPM eps-model ``GaussianMixture.optimal_eps_model`` for the others
+(through the same bridge as the trained net). Quality: mean (and median) exact log-likelihood of the samples under
+the ring (higher is better; the data's own value is the first row) and MMD² to fresh data (``minidiff.metrics.mmd``,
+bandwidths 0.1/0.2/0.4, lower is better; the data row shows its sampling noise). NFE is counted (``CountCalls``).
 
     python benchmarks/bench_flow.py            # full: 4000 training steps, 2000 samples (~10 min on 2 shared cores)
     python benchmarks/bench_flow.py --quick    # 600 steps, 500 samples, NFE 5/10/20 (~1-2 min)
@@ -60,7 +60,8 @@ NET = dict(dim=2, width=128, depth=3)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", default=is_quick(), help="small run (also with MINIDIFF_QUICK=1)")
     p.add_argument("--train-steps", type=int, help="training steps of each net (default 4000; 600 quick)")
     p.add_argument("--samples", type=int, help="samples per sampler (default 2000; 500 quick)")
@@ -125,7 +126,8 @@ def run(model_pair: tuple[Any, Any], x_T: Tensor, reference: Tensor, nfes: list[
 
 
 def table(trained: dict, exact: dict | None, data: dict) -> str:
-    head = "| sampler | NFE | mean log-lik | median | MMD² |" + (" exact: mean log-lik | exact: MMD² |" if exact else "")
+    head = "| sampler | NFE | mean log-lik | median | MMD² |"
+    head += " exact: mean log-lik | exact: MMD² |" if exact else ""
     rows = [head, "|" + "---|" * (head.count("|") - 1),
             f"| data (fresh samples) | – | {data['mean']:.3f} | {data['median']:.3f} | {data['mmd']:.5f} |"
             + (" | |" if exact else "")]

@@ -64,17 +64,17 @@ if TYPE_CHECKING:
 
 __all__ = ["linear_path", "velocity_target", "velocity_to_eps", "eps_to_velocity", "velocity_to_x0",
            "x0_to_velocity", "velocity_to_score", "score_to_velocity", "TIME_SAMPLINGS", "sample_flow_times",
-           "flow_matching_loss", "FlowPath", "VelocityEps", "EpsVelocity", "mixture_posterior_means", "MixtureVelocity",
-           "FLOW_METHODS", "flow_loop", "flow_sample"]
+           "flow_matching_loss", "FlowPath", "VelocityEps", "EpsVelocity", "mixture_posterior_means",
+           "MixtureVelocity", "FLOW_METHODS", "flow_loop", "flow_sample"]
 
 VelocityModel = EpsModel          # the same contract: v_model(x_t: (B, *shape), t: (B,) in [0, 1], cond=None)
 
 
 # ------------------------------------------------------------------------------ the path and the conversions
-def _per_example(t: Tensor | float, x: Tensor, name: str = "t", *, below_one: bool = False,
+def _per_example(t: Tensor | float, x: Tensor, name: str = "t", *, x_name: str = "x_t", below_one: bool = False,
                  above_zero: bool = False, why: str = "") -> Tensor:
     """Times t (a float or (B,)) in [0, 1] (optionally < 1 / > 0) as (B, 1, ..., 1) in x's dtype and device."""
-    check_tensor(x, "x_t", floating=True, min_ndim=1)
+    check_tensor(x, x_name, floating=True, min_ndim=1)
     t = check_time(t, x.shape[0], name)
     if (below_one and bool((t >= 1).any())) or (above_zero and bool((t <= 0).any())):
         bound = "< 1" if below_one else "> 0"
@@ -95,7 +95,7 @@ _AT_DATA = " (at t = 0, x_t = x_0: the clean sample carries nothing of the veloc
 
 def linear_path(x0: Tensor, noise: Tensor, t: Tensor | float) -> Tensor:
     r""":math:`x_t = (1-t)\,x_0 + t\,\varepsilon` (Liu et al. 2023, eq. 1). x0, noise: (B, *shape); t: float or (B,)."""
-    t = _per_example(t, x0)
+    t = _per_example(t, x0, x_name="x0")
     _same_shape(x0, noise, "noise")
     return (1 - t) * x0 + t * noise
 
@@ -258,7 +258,8 @@ class VelocityEps(nn.Module):
     r"""A velocity model as an eps-model on a :class:`FlowPath`'s clock: ε(x, τ) = x + (1 − t) v(x, t), t = t_max·τ.
 
     With it, every solver of :mod:`minidiff.sde` / :mod:`minidiff.ode` samples a flow model, and
-    :func:`minidiff.ode.ode_log_likelihood` gives its exact likelihood. x: (B, *shape), τ: (B,) in [0, 1] -> (B, *shape).
+    :func:`minidiff.ode.ode_log_likelihood` gives its exact likelihood.
+    x: (B, *shape), τ: (B,) in [0, 1] -> (B, *shape).
     Declares ``clock = "continuous"`` and forwards the velocity model's ``null_cond`` (CFG works on it).
     """
 
@@ -332,7 +333,7 @@ class EpsVelocity(nn.Module):
         t = check_time(t, x.shape[0])
         if bool((t > self.t_max + 1e-6).any()):                 # 1e-6: t_max rounded to float32 by a sampler
             raise ValueError(f"t must be <= t_max={self.t_max:.6g}, the linear-path time of the SDE's end (τ = 1); "
-                             f"got max {float(t.max()):g}: start the flow there (flow_sample(..., t_start=model.t_max))")
+                             f"got max {float(t.max()):g}: start the flow there, flow_sample(..., t_start=model.t_max)")
         t = t.clamp(max=self.t_max)
         tau = self.sde_time(t)
         m, s = self.sde.marginal_coeffs(tau)

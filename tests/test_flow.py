@@ -109,7 +109,8 @@ def test_mixture_velocity_of_one_gaussian_matches_closed_form(generator):
     exact, closed = MixtureVelocity(gmm), GaussianVelocity(mu, std**2)
     x = 2 * torch.randn(32, 2, generator=generator, dtype=torch.float64)
     for t in (0.0, 0.1, 0.5, 0.9, 1.0):
-        torch.testing.assert_close(exact(x, t), closed(x, torch.full((32,), t, dtype=torch.float64)), rtol=1e-10, atol=1e-10)
+        t_b = torch.full((32,), t, dtype=torch.float64)
+        torch.testing.assert_close(exact(x, t), closed(x, t_b), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(exact(x, 1.0), x - mu.double())     # at pure noise: x − E[x_0]
     torch.testing.assert_close(exact(x, 0.0), -x)                  # at the data: E[ε | x_0 = x] − x = −x
 
@@ -172,7 +173,8 @@ def test_eps_velocity_bad_inputs():
 # ------------------------------------------------------------------------------ the loss and its floor
 def test_flow_matching_loss_at_the_exact_velocity_is_the_analytic_floor():
     var = 0.25
-    data = 0.5 + math.sqrt(var) * torch.randn(100_000, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    noise = torch.randn(100_000, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    data = 0.5 + math.sqrt(var) * noise
     loss_fn = flow_matching_loss()
     floor = gaussian_floor(var)
     exact = loss_fn(GaussianVelocity([0.5, 0.5], var), data, torch.Generator().manual_seed(2)).item()
