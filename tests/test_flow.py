@@ -250,6 +250,8 @@ def test_exact_velocity_transports_noise_to_the_ring_and_heun_beats_euler():
     fresh = RING.sample(n, torch.Generator().manual_seed(2)).double()
     assert mmd(fine, data, BANDWIDTHS) < mmd(fresh, data, BANDWIDTHS) + 3e-3      # as close as fresh data is
     assert abs(RING.log_prob(fine).mean() - RING.log_prob(data).mean()) < 0.1
+    many = flow_sample(exact, (n, 2), 100, "euler", x_T=x_T, progress=False)         # many Euler steps: the same
+    assert (many - fine).norm(dim=1).mean() < 0.01 and mmd(many, data, BANDWIDTHS) < mmd(fresh, data, BANDWIDTHS) + 3e-3
     err = {}
     for method, steps in (("euler", 10), ("heun", 5), ("euler", 20), ("heun", 10)):
         counter = CountCalls(exact)
@@ -275,6 +277,13 @@ def test_flow_loop_steps_by_hand_and_yields():
     x_euler, traj = flow_sample(model, (3, 2), 1, "euler", x_T=x_T, return_trajectory=True, progress=False)
     torch.testing.assert_close(x_euler, x_T - 2 * x_T)                     # one step: x̂_0 = x_1 − v(x_1, 1)
     assert len(traj) == 2 and traj[0] is x_T
+    # a condition reaches the model, batched and unchanged
+    cond_model = lambda x, t, cond=None: x * cond[:, None]
+    labels = torch.tensor([0.0, 1.0, 2.0])
+    out = flow_sample(cond_model, (3, 2), 1, "euler", x_T=x_T, cond=labels, progress=False)
+    torch.testing.assert_close(out, x_T - x_T * labels[:, None])
+    with pytest.raises(ValueError, match="batch size 2, expected 3"):
+        flow_sample(cond_model, (3, 2), 1, x_T=x_T, cond=labels[:2], progress=False)
     # seeded start, same as drawing x_T from the generator
     a = flow_sample(model, (3, 2), 2, generator=torch.Generator().manual_seed(7), progress=False)
     b = flow_sample(model, (3, 2), 2, x_T=torch.randn(3, 2, generator=torch.Generator().manual_seed(7)), progress=False)
