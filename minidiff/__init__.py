@@ -13,6 +13,8 @@ from .samplers import ddim_loop, ddim_step, ddim_timesteps, ddpm_loop, ddpm_step
 from .schedules import NoiseSchedule
 from .sde import SDE, VESDE, VPSDE, ContinuousTime, SubVPSDE, dsm_loss, make_sde, sample_sde
 from .ode import ode_log_likelihood, ode_loop
+from .flow import (EpsVelocity, FlowPath, MixtureVelocity, VelocityEps, eps_to_velocity, flow_loop, flow_matching_loss,
+                   flow_sample, velocity_to_eps, velocity_to_x0, x0_to_velocity)
 from .guidance import ClassifierFreeGuidance, ClassifierGuidance, cfg_combine, classifier_loss
 from .cascade import SuperResolutionUNet, cascade_sample
 from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
@@ -35,6 +37,8 @@ __all__ = [
     "NoiseSchedule",
     "SDE", "VESDE", "VPSDE", "ContinuousTime", "SubVPSDE", "dsm_loss", "make_sde", "sample_sde",
     "ode_log_likelihood", "ode_loop",
+    "EpsVelocity", "FlowPath", "MixtureVelocity", "VelocityEps", "eps_to_velocity", "flow_loop", "flow_matching_loss",
+    "flow_sample", "velocity_to_eps", "velocity_to_x0", "x0_to_velocity",
     "ClassifierFreeGuidance", "ClassifierGuidance", "cfg_combine", "classifier_loss",
     "SuperResolutionUNet", "cascade_sample",
     "EMA", "diffusion_loss", "fit", "random_batches", "train", "zip_batches",
