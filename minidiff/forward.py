@@ -13,6 +13,7 @@ Equations (Ho et al. 2020, "DDPM"; seed 004 slides 4–14):
                   L_0 = −log p_θ(x_0 | x_1)
 * L_t in ε form   L_{t-1} = β_t² / (2σ_t² α_t (1−ᾱ_t)) · ‖ε − ε_θ‖²  (σ_t² = β̃_t)   (eq. 12)
 * L_simple        E_{t,x_0,ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)‖²                   (eq. 14)
+* learned Σ_θ     σ_t² = exp(v log β_t + (1 − v) log β̃_t)   (Nichol & Dhariwal 2021, eq. 15)
 
 Index convention: tensors hold t ∈ [0, T) meaning the paper's step t+1 (see schedules.py).
 All log-likelihoods are in nats, summed over data dimensions, one value per batch element.
@@ -33,7 +34,8 @@ from .schedules import NoiseSchedule
 __all__ = [
     "q_sample", "q_step", "posterior_mean_var", "model_mean", "model_variance",
     "gaussian_kl", "gaussian_log_likelihood", "discretized_gaussian_log_likelihood",
-    "l_t_weight", "elbo_terms", "bits_per_dim", "l_simple", "predicted_x0", "VARIANCE_KINDS",
+    "l_t_weight", "elbo_terms", "bits_per_dim", "l_simple", "predicted_x0", "interpolated_variance",
+    "VARIANCE_KINDS",
 ]
 
 VARIANCE_KINDS = ("fixed_small", "fixed_large")
@@ -119,6 +121,23 @@ def model_variance(schedule: NoiseSchedule, t: Tensor | int, x: Tensor, kind: st
     first = s.posterior_variance[1:2] if s.T > 1 else s.betas[:1]
     rest = s.posterior_variance[1:] if kind == "fixed_small" else s.betas[1:]
     return s.gather(torch.cat([first, rest]), t, x)
+
+
+def interpolated_variance(schedule: NoiseSchedule, t: Tensor | int, v: Tensor) -> Tensor:
+    """The learned reverse variance of Nichol & Dhariwal (2021, eq. 15), σ_t² = exp(v log β_t + (1 − v) log β̃_t).
+
+    v: (B, *shape), the network's extra output, one interpolation weight per dimension; t: int or (B,) in [0, T)
+    -> σ² (B, *shape). v = 0 gives ``fixed_small`` (β̃, with β̃ of index 1 at index 0 as in
+    :func:`model_variance`), v = 1 gives β_t. v is not clipped to [0, 1] (neither is it in the paper): the
+    optimal v lies outside when the true reverse variance does (chapter 1: Gaussian data with s² > 1).
+    """
+    _check_schedule(schedule)
+    check_tensor(v, "v", floating=True, min_ndim=1, nonempty=True)
+    if not torch.isfinite(v).all():
+        raise ValueError("v must be finite (an interpolation weight between log β̃_t and log β_t, usually near [0, 1])")
+    log_small = model_variance(schedule, t, v, "fixed_small").log()
+    log_large = schedule.gather(schedule.betas, t, v).log()
+    return torch.exp(v * log_large + (1 - v) * log_small)
 
 
 def gaussian_kl(mean1: Tensor, var1: Tensor, mean2: Tensor, var2: Tensor) -> Tensor:
