@@ -6,7 +6,7 @@ The one contract: every model is an eps-model ``eps(x_t, t, cond=None) -> Tensor
 from .config import default_device, is_quick, pick, resolve_device, seed_everything
 from .eps import call_eps, eps_to_score, eps_to_x0, score_to_eps, x0_to_eps
 from .forward import (bits_per_dim, discretized_gaussian_log_likelihood, elbo_terms, gaussian_kl,
-                      gaussian_log_likelihood, l_simple, l_t_weight, model_mean, model_variance,
+                      gaussian_log_likelihood, interpolated_variance, l_simple, l_t_weight, model_mean, model_variance,
                       posterior_mean_var, predicted_x0, q_sample, q_step)
 from .nets import MLPDenoiser, UNet
 from .samplers import ddim_loop, ddim_step, ddim_timesteps, ddpm_loop, ddpm_step, sample
@@ -30,7 +30,7 @@ __all__ = [
     "default_device", "is_quick", "pick", "resolve_device", "seed_everything",
     "call_eps", "eps_to_score", "eps_to_x0", "score_to_eps", "x0_to_eps",
     "bits_per_dim", "discretized_gaussian_log_likelihood", "elbo_terms", "gaussian_kl",
-    "gaussian_log_likelihood", "l_simple", "l_t_weight", "model_mean", "model_variance",
+    "gaussian_log_likelihood", "interpolated_variance", "l_simple", "l_t_weight", "model_mean", "model_variance",
     "posterior_mean_var", "predicted_x0", "q_sample", "q_step",
     "MLPDenoiser", "UNet",
     "ddim_loop", "ddim_step", "ddim_timesteps", "ddpm_loop", "ddpm_step", "sample",
