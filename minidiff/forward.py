@@ -46,7 +46,8 @@ def noise_like(x: Tensor, noise: Tensor | None = None, generator: torch.Generato
     """The given noise (checked to have x's shape) or a fresh N(0, I) draw shaped like x: (B, *shape).
 
     Drawn on the CPU ``generator`` and then moved to x's device, so a seed gives the same noise on
-    every device. Every sampler draws its noise here."""
+    every device. Given noise is cast to x's dtype, so float64 noise cannot silently turn a float32
+    sample into float64. Every sampler draws its noise here."""
     check_tensor(x, "x", floating=True)
     if noise is not None:
         check_tensor(noise, "noise", floating=True)
@@ -54,7 +55,7 @@ def noise_like(x: Tensor, noise: Tensor | None = None, generator: torch.Generato
             raise ValueError(f"noise must have the shape of x {tuple(x.shape)}, got {tuple(noise.shape)}")
         if noise.device != x.device:
             raise ValueError(f"noise is on {noise.device} but x is on {x.device}; move it with noise.to(x.device)")
-        return noise
+        return noise.to(x.dtype)
     _check_generator(generator)
     return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
 

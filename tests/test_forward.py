@@ -333,3 +333,14 @@ def test_l_simple_passes_other_condition_objects_through(sched):
     box = Box()
     F.l_simple(lambda x, t, c: seen.append(c) or torch.zeros_like(x), sched, torch.zeros(2, 3), cond=box)
     assert seen == [box]
+
+
+def test_given_noise_follows_x_dtype():
+    # float64 noise used to upcast a float32 x_t (and everything computed from it) without a word
+    schedule = NoiseSchedule.linear(100)
+    x0 = torch.randn(4, 2)
+    noise = torch.randn(4, 2, dtype=torch.float64)
+    x_t = F.q_sample(schedule, x0, torch.full((4,), 50), noise=noise)
+    assert x_t.dtype == torch.float32
+    a = schedule.alpha_bar[50].item()
+    torch.testing.assert_close(x_t, (a ** 0.5 * x0.double() + (1 - a) ** 0.5 * noise).float())
