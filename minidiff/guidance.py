@@ -345,17 +345,29 @@ class ClassifierGuidance(GradientGuidance):
         return _labels(cond, batch, x_t.device, what)
 
     def log_g(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
-        """log p_φ(y | x_t, t): (B,)."""
+        """log p_φ(y | x_t, t): (B,). Rows holding the model's null label ("no class": the unconditional
+        half when classifier-free guidance wraps this) get log g = 0, i.e. no classifier gradient."""
         labels = cond["label"] if isinstance(cond, Mapping) else cond
         logits = self.classifier(x_t, t)
         if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != x_t.shape[0]:
             got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise ValueError(f"classifier(x_t, t) must return logits of shape (B, K)=({x_t.shape[0]}, K), got {got}")
         log_probs = F.log_softmax(logits, dim=1)                                          # (B, K)
-        if labels.numel() and (labels.min() < 0 or labels.max() >= log_probs.shape[1]):
-            raise ValueError(f"class labels must be in [0, {log_probs.shape[1]}) for this classifier, "
-                             f"got min {int(labels.min())}, max {int(labels.max())}")
-        return log_probs.gather(1, labels[:, None])[:, 0]
+        null = self._null_label()
+        unguided = labels == null if null is not None else torch.zeros_like(labels, dtype=torch.bool)
+        real = labels[~unguided]
+        if real.numel() and (real.min() < 0 or real.max() >= log_probs.shape[1]):
+            raise ValueError(f"class labels must be in [0, {log_probs.shape[1]}) for this classifier"
+                             + (f" (or the null label {null})" if null is not None else "")
+                             + f", got min {int(real.min())}, max {int(real.max())}")
+        picked = log_probs.gather(1, labels.masked_fill(unguided, 0)[:, None])[:, 0]
+        return torch.where(unguided, torch.zeros_like(picked), picked)
+
+    def _null_label(self) -> int | None:
+        """The null label of the guided model (an int), if it has one."""
+        if self.null is None or not _label_null(self.null):
+            return None
+        return int(self.null["label"] if isinstance(self.null, Mapping) else self.null)
 
     def grad_log_prob(self, x_t: Tensor, t: Tensor, labels: Tensor) -> Tensor:
         """∇_{x_t} log p_φ(y | x_t, t): (B, *shape), detached. labels: (B,) in [0, K)."""

@@ -690,3 +690,21 @@ def test_gradient_guidance_refuses_a_continuous_clock_model(schedule, gmm):
     direct = ClassifierGuidance(gmm.optimal_eps_model(schedule), MixturePosterior(gmm, schedule), 1.0, schedule)
     index = (t * schedule.T - 1).float()                      # the bridge's map, t -> index t·T − 1
     torch.testing.assert_close(guided(x, t, torch.tensor([0, 1, 2, 0])), direct(x, index, torch.tensor([0, 1, 2, 0])))
+
+
+def test_cfg_around_classifier_guidance(schedule, gmm, generator):
+    """CFG may wrap classifier guidance: the unconditional half (null label) is left unguided, so with exact
+    models CFG_w(CG_s(conditional)) = CG_{(1+w)(1+s)}(unconditional). It used to fail on the null label."""
+    x = 2 * torch.randn(30, 2, generator=generator, dtype=torch.float64)
+    t = torch.randint(0, T, (30,), generator=generator)
+    y = torch.randint(0, 3, (30,), generator=generator)
+    uncond, post = gmm.optimal_eps_model(schedule), MixturePosterior(gmm, schedule)
+    cond = MixtureConditionalEps(gmm, schedule)
+    for s, w in ((1.0, 0.5), (0.5, 2.0)):
+        inner = ClassifierGuidance(cond, post, s, schedule, base_cond="label")
+        torch.testing.assert_close(inner(x, t, torch.full((30,), 3)), uncond(x, t), rtol=1e-9, atol=1e-9)
+        composite = ClassifierFreeGuidance(inner, w)
+        torch.testing.assert_close(composite(x, t, y), ClassifierGuidance(uncond, post, (1 + w) * (1 + s), schedule)(x, t, y),
+                                   rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match=r"must be in \[0, 3\) \(or 3 = null\), got min 4"):
+        ClassifierGuidance(cond, post, 1.0, schedule, base_cond="label")(x, t, torch.full((30,), 4))
