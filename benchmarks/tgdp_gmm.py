@@ -99,11 +99,11 @@ def train_source(schedule: NoiseSchedule, x_source: torch.Tensor, steps: int) ->
 def transfer_models(schedule: NoiseSchedule, source: MLPDenoiser, x_source: torch.Tensor, x_target: torch.Tensor,
                     args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """The six eps-models of one (setup, n, seed) run."""
-    budget = dict(steps=args.steps, batch_size=128, seed=seed, progress=False)
+    budget = {"steps": args.steps, "batch_size": 128, "seed": seed, "progress": False}
     models: dict[str, Any] = {kind: fit_baseline(kind, source, schedule, x_target, lr=1e-3, **budget)
                               for kind in ("vanilla", "fine-tune")}
-    clf_kw = dict(steps=args.clf_steps, batch_size=128, width=32, depth=2, weight_decay=1e-3, seed=seed,
-                  progress=False)
+    clf_kw = {"steps": args.clf_steps, "batch_size": 128, "width": 32, "depth": 2, "weight_decay": 1e-3, "seed": seed,
+              "progress": False}
     clf = fit_domain_classifier(x_source, x_target, **clf_kw)
     noisy = fit_domain_classifier(x_source, x_target, schedule=schedule, **clf_kw)
     for name, (eta_cycle, eta_consistency) in REGULARISERS.items():
