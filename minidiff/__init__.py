@@ -21,6 +21,7 @@ from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from .train import EMA, diffusion_loss, fit, random_batches, train, zip_batches
 from .text import ImageEncoder, TextEncoder, TinyCLIP, clip_loss, clip_score, clip_train_loss, freeze, zero_shot_accuracy
 from .data.shapes import Scenes, WordTokenizer, make_scenes, plot_scenes
+from .tgdp import DensityRatioGuidance, MixtureDensityRatio
 from .latent import (Codec, DiagonalGaussian, DiffusersCodec, KLAutoencoder, LatentDiffusion, estimate_scaling_factor,
                      evaluate_autoencoder, train_autoencoder, vae_loss)
 from .shapes_eval import ShapesEvaluator, caption_accuracy, shapes_evaluator, shapes_frechet
@@ -47,6 +48,7 @@ __all__ = [
     "zero_shot_accuracy",
     "Scenes", "WordTokenizer", "make_scenes", "plot_scenes",
     "ShapesEvaluator", "caption_accuracy", "shapes_evaluator", "shapes_frechet",
+    "DensityRatioGuidance", "MixtureDensityRatio",
     "Codec", "DiagonalGaussian", "DiffusersCodec", "KLAutoencoder", "LatentDiffusion", "estimate_scaling_factor",
     "evaluate_autoencoder", "train_autoencoder", "vae_loss",
 ]
