@@ -11,6 +11,9 @@ with ``alpha_bar[t]`` the product up to and including index ``t`` — the same a
 
 Everything is stored in float64 on the CPU (cumulative products over 1000 steps lose digits in
 float32) and cast to the dtype/device of the tensor it multiplies by :meth:`NoiseSchedule.gather`.
+
+:meth:`NoiseSchedule.rescale_zero_terminal_snr` (Lin et al. 2024, Alg. 1) makes ᾱ at the last index
+exactly 0 (β = 1 there, the one place a beta may be 1); chapter 2 measures what that does to sampling.
 """
 from __future__ import annotations
 
@@ -164,7 +167,7 @@ class NoiseSchedule:
         first, last = root[0].item(), root[-1].item()
         if last == 0.0:
             return self                                        # already zero terminal SNR
-        root = (root - last) * (first / (first - last))        # Alg. 1, lines 8-11
+        root = (root - last) * (first / (first - last))        # Lin et al. 2024, Alg. 1: shift, then scale
         alpha_bar = root**2
         alphas = torch.cat([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])   # undo the cumulative product
         return NoiseSchedule(1.0 - alphas, name=f"{self.name}+zero_snr", zero_terminal_snr=True)
