@@ -206,12 +206,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"|x_T| of the {len(strays)} strays: {', '.join(f'{v:.2f}' for v in sorted(stray_norms))} "
           f"(all x_T: median {norms.median():.2f}, 99th percentile {q99:.2f})\n")
     edges = [0.0, 2.0, 3.0, 3.5, math.inf]
-    rows = []
+    bins = []
     for lo, hi in itertools.pairwise(edges):
         n_all = int(((norms >= lo) & (norms < hi)).sum())
         n_stray = int(((strays >= lo) & (strays < hi)).sum())
-        rows.append([f"[{lo:g}, {hi:g})", n_all, n_stray, f"{100 * n_stray / max(n_all, 1):.2f} %"])
-    print(md_table(["|x_T|", "x_T", "strays", "stray rate"], rows) + "\n")
+        bins.append([f"[{lo:g}, {hi:g})", n_all, n_stray, f"{100 * n_stray / max(n_all, 1):.2f} %"])
+    print(md_table(["|x_T|", "x_T", "strays", "stray rate"], bins) + "\n")
 
     # 3. steps
     print("## 3. The same x_T with more or fewer DDIM steps\n")
@@ -223,11 +223,12 @@ def main(argv: list[str] | None = None) -> None:
 
     # 4. which part of the path
     print("## 4. Which part of the path: the net's ε-error along the DDIM-100 paths, and swaps with ε*\n")
-    rows = []
+    rows, err_mean = [], {}
     for key in ("stray", "other"):
         hi = torch.cat([a.flatten() for a, _ in err_rows[key]])
         lo = torch.cat([b.flatten() for _, b in err_rows[key]])
         x0 = torch.cat(x0_first[key])
+        err_mean[key] = (hi.mean().item() if hi.numel() else math.nan, lo.mean().item() if lo.numel() else math.nan)
         rows.append([f"{key} paths", f"{hi.mean():.3f}" if hi.numel() else "—", f"{lo.mean():.3f}" if lo.numel() else "—",
                      f"{x0.median():.1f}" if x0.numel() else "—"])
     print(md_table(["paths", f"mean |ε̂ − ε*|, t ≥ {SWITCH}", f"mean |ε̂ − ε*|, t < {SWITCH}",
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     if n_stray:
         outer = float((strays > q99).float().mean())
         print(f"* {100 * outer:.0f} % of the strays start beyond the 99th percentile of |x_T| ({q99:.2f}); "
-              f"{sum(int(r[2]) for r in rows[2:])} of {n_stray} start at |x_T| ≥ 3.")
+              f"{sum(int(r[2]) for r in bins[2:])} of {n_stray} start at |x_T| ≥ 3.")
         same = {k: sum(int((r["far"] & b["far"]).sum()) for r, b in zip(res[f"DDIM-{k}"], res["DDIM-100, no remedy"]))
                 for k in step_counts}
         print("* The same x_T go stray with any number of steps: of DDIM-100's strays, "
@@ -253,10 +254,18 @@ def main(argv: list[str] | None = None) -> None:
     first, early, late = (count[name] for name in swaps)
     amp = 1 / math.sqrt(linear.alpha_bar[990].item())
     print(f"* The first step's x̂0 amplification (1/√ᾱ ≈ {amp:.0f}) is {'not ' if first >= 0.5 * n_stray else ''}the "
-          f"cause: with ε* in the first step only, {first} of {n_stray} strays remain. With ε* for all t ≥ {SWITCH} "
-          f"{early} remain, with ε* only below {SWITCH} {late}: the error that matters is the net's at "
-          f"{'small' if late < early else 'large'} t, on paths that have left the data's neighbourhood, where "
-          "nothing was trained (section 4's ε-error).")
+          f"cause: with ε* in the first step only, {first} of {n_stray} strays remain.")
+    if early <= 0.5 * n_stray and late <= 0.5 * n_stray:
+        where = (f"neither half alone: with ε* for t ≥ {SWITCH} {early} remain, with ε* below {SWITCH} {late}. The "
+                 "net's error at large t carries an outlying x_T to an x_t the data never visits, and its error there "
+                 "sends the path far")
+    else:
+        where = (f"with ε* for t ≥ {SWITCH} {early} remain, with ε* below {SWITCH} {late}: the error that matters is "
+                 f"the net's at {'small' if late < early else 'large'} t")
+    ratio = [s / o for s, o in zip(err_mean["stray"], err_mean["other"])] if n_stray else [math.nan, math.nan]
+    print(f"* Which part of the path: {where}. On stray paths the net's |ε̂ − ε*| is {ratio[0]:.0f}× (t ≥ {SWITCH}) "
+          f"and {ratio[1]:.0f}× (t < {SWITCH}) that on ordinary paths: it is wrong far from the data, where it saw "
+          "(almost) no training points.")
     rem = {name: count[name] for name in list(remedies)[2:7]}
     best = min(rem, key=rem.get)
     print("* Remedies (far-off counts): " + ", ".join(f"{k}: {v}" for k, v in rem.items()) + f". Fewest: {best}.")
