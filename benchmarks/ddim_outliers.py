@@ -267,8 +267,9 @@ def main(argv: list[str] | None = None) -> None:
           f"and {ratio[1]:.0f}× (t < {SWITCH}) that on ordinary paths: it is wrong far from the data, where it saw "
           "(almost) no training points.")
     rem = {name: count[name] for name in list(remedies)[2:7]}
-    best = min(rem, key=rem.get)
-    print("* Remedies (far-off counts): " + ", ".join(f"{k}: {v}" for k, v in rem.items()) + f". Fewest: {best}.")
+    fewest = [k for k, v in rem.items() if v == min(rem.values())]
+    print("* Remedies (far-off counts): " + ", ".join(f"{k}: {v}" for k, v in rem.items())
+          + f". Fewest: {' and '.join(fewest)}.")
     print(f"\ntotal {time.perf_counter() - start:.0f} s wall, {time.process_time() - cpu0:.0f} s CPU "
           f"({args.threads} thread{'s' if args.threads > 1 else ''})")
 
