@@ -16,6 +16,12 @@ computes every step's (a, b, σ) once, as Python floats from the float64 tables 
 so a step costs a handful of tensor ops; :func:`ddpm_step` / :func:`ddim_step` run the very same
 arithmetic, so a loop equals its steps to the last bit.
 
+x̂_0 can be kept in range before it is used: ``clip_x0=c`` clamps it to [−c, c] (Ho et al.'s released
+sampler), ``dynamic_threshold=p`` applies Imagen's dynamic thresholding (Saharia et al. 2022, Sec. 2.3),
+see :func:`dynamic_threshold`. On a zero-terminal-SNR schedule (ᾱ_{T−1} = 0, Lin et al. 2024) the
+ε-parametrised x̂_0 is undefined at the last index: the steps and loops refuse it with an error that says
+how to start one index later (``t_start=T-2``).
+
 Each sampler comes as a *step* (pure function of x_t and ε) and a *loop* (a generator that yields
 ``{"t", "x", "x0"}`` after every step, so a notebook can plot trajectories). :func:`sample` runs a
 loop to the end. Sampling never builds autograd graphs (``torch.no_grad``).
@@ -24,15 +30,17 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import cond as conditions
-from .checks import check_int, check_real
+from .checks import check_int, check_real, check_tensor
 from .clock import model_clock
 from .config import resolve_device, show_progress
 from .eps import EpsModel, call_eps
@@ -40,7 +48,8 @@ from .forward import VARIANCE_KINDS, noise_like
 from .schedules import NoiseSchedule
 
 __all__ = ["ddpm_step", "ddim_step", "ddim_timesteps", "ddpm_loop", "ddim_loop", "sample", "run_loop",
-           "StepCoefficients", "ddpm_coefficients", "ddim_coefficients", "infer_device_dtype", "METHODS", "SPACINGS"]
+           "StepCoefficients", "ddpm_coefficients", "ddim_coefficients", "infer_device_dtype", "METHODS", "SPACINGS",
+           "DynamicThreshold", "dynamic_threshold"]
 
 METHODS = ("ddpm", "ddim")
 SPACINGS = ("leading", "trailing", "linspace")
@@ -64,6 +73,21 @@ def _check_clip(clip_x0: Any) -> float | None:
     return _real(clip_x0, "clip_x0", 0.0, low_open=True, hint=" (a bound like 1.0 for data in [-1, 1]) or None")
 
 
+def _check_x0_rule(clip_x0: Any, dynamic_threshold: Any) -> tuple[float | None, DynamicThreshold | None]:
+    """What happens to x̂_0 before it is used: (static bound or None, dynamic threshold or None), at most one."""
+    if dynamic_threshold is None:
+        return _check_clip(clip_x0), None
+    if clip_x0 is not None:
+        raise ValueError("pass clip_x0 or dynamic_threshold, not both (dynamic thresholding already clips, at "
+                         "±bound·s with s >= 1; its bound= plays clip_x0's role)")
+    if isinstance(dynamic_threshold, DynamicThreshold):
+        return None, dynamic_threshold
+    if isinstance(dynamic_threshold, numbers.Real) and not isinstance(dynamic_threshold, bool):
+        return None, DynamicThreshold(percentile=dynamic_threshold)
+    raise TypeError(f"dynamic_threshold must be a percentile p in (0, 1] (e.g. 0.995), a DynamicThreshold or None, "
+                    f"got {type(dynamic_threshold).__name__}")
+
+
 def _check_index(schedule: NoiseSchedule, t: Any, name: str = "t") -> int:
     t = _int(t, name, " step index")
     if not 0 <= t < schedule.T:
@@ -85,6 +109,66 @@ def _check_like(x_t: Tensor, **tensors: Tensor | None) -> None:
         if value is not None and (not isinstance(value, Tensor) or value.shape != x_t.shape):
             got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
             raise ValueError(f"{name} must have the shape of x_t {tuple(x_t.shape)}, got {got}")
+
+
+# ------------------------------------------------------------------ keeping x̂_0 in the data range
+@dataclass(frozen=True)
+class DynamicThreshold:
+    """Settings of :func:`dynamic_threshold`, checked once; ``rule(x0)`` applies it.
+
+    Give one (or just the percentile, a float) as ``dynamic_threshold=`` to :func:`ddpm_step`,
+    :func:`ddim_step`, the loops or :func:`sample`. percentile: p in (0, 1] (Imagen: 0.995 … 0.9999);
+    max_value: a cap on s, >= 1, or None for none (diffusers' ``sample_max_value``); bound > 0: the data
+    live in [−bound, bound] (1 for images in [−1, 1], as Imagen and diffusers assume).
+    """
+
+    percentile: float = 0.995
+    max_value: float | None = None
+    bound: float = 1.0
+
+    def __post_init__(self) -> None:
+        # frozen: write the checked (float) values through object.__setattr__
+        object.__setattr__(self, "percentile", _real(self.percentile, "percentile", 0.0, 1.0, low_open=True,
+                                                     hint=" (the quantile of |x̂_0| that sets s, e.g. 0.995)"))
+        if self.max_value is not None:
+            object.__setattr__(self, "max_value", _real(self.max_value, "max_value", 1.0,
+                                                        hint=" (largest s, in units of bound) or None for no cap"))
+        object.__setattr__(self, "bound", _real(self.bound, "bound", 0.0, low_open=True,
+                                                hint=" (data range [-bound, bound], 1.0 for images in [-1, 1])"))
+
+    def __call__(self, x0: Tensor) -> Tensor:
+        check_tensor(x0, "x0", floating=True, min_ndim=2, nonempty=True)
+        return _apply_threshold(x0, self)
+
+
+def dynamic_threshold(x0: Tensor, percentile: float = 0.995, max_value: float | None = None,
+                      bound: float = 1.0) -> Tensor:
+    r"""Imagen's dynamic thresholding of a predicted x̂_0 (Saharia et al. 2022, Sec. 2.3 and App. E),
+    per sample, in units of the data range ``bound``:
+
+    .. math:: s = \max\big(\mathrm{quantile}_p(|\hat x_0|/b),\ 1\big), \qquad
+              \hat x_0 \leftarrow b\cdot\mathrm{clip}(\hat x_0/b,\,-s,\,s)\,/\,s
+
+    (s also capped at ``max_value`` if given). While at most a fraction 1 − p of the entries leaves
+    [−b, b], s = 1 and this is the static clip (``clip_x0=b``); beyond that the whole sample is shrunk by
+    1/s, so saturated entries are pulled inside instead of piling up at ±b.
+
+    x0: (B, *shape) floating; the quantile (linear interpolation, as ``torch.quantile`` and NumPy) runs over
+    all entries of each sample. With ``bound=1`` it is diffusers' ``_threshold_sample`` (``thresholding=True``,
+    ``dynamic_thresholding_ratio=p``, ``sample_max_value=max_value``). Returns a new tensor, same shape and dtype.
+    """
+    return DynamicThreshold(percentile, max_value, bound)(x0)
+
+
+def _apply_threshold(x0: Tensor, rule: DynamicThreshold) -> Tensor:
+    """:func:`dynamic_threshold` without the checks (the loops check their rule once)."""
+    flat = rearrange(x0, "b ... -> b (...)")
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()                    # torch.quantile (and CPU half clamp) need float32/64
+    y = flat / rule.bound
+    s = torch.quantile(y.abs(), rule.percentile, dim=1, keepdim=True).clamp(min=1.0, max=rule.max_value)  # (B, 1)
+    y = y.clamp(-s, s) / s                     # Imagen: "threshold x̂_0 to [−s, s], then divide by s"
+    return (y * rule.bound).to(x0.dtype).reshape(x0.shape)
 
 
 # ------------------------------------------------------------------------- per-step coefficients
@@ -127,7 +211,19 @@ def _tables(schedule: NoiseSchedule) -> dict[str, list[float]]:
     return {n: getattr(schedule, n).tolist() for n in names}
 
 
+def _check_signal(tab: dict[str, list[float]], t: int) -> None:
+    """Refuse a step from ᾱ_t = 0 (the last index of a zero-terminal-SNR schedule, Lin et al. 2024):
+    x_t = ε there, so an ε-model says nothing about x_0 and x̂_0 = (x_t − ε̂)/√ᾱ_t divides by zero."""
+    if tab["alpha_bar"][t] == 0.0:
+        raise ValueError(
+            f"alpha_bar[{t}] = 0 (a zero-terminal-SNR schedule): x_t is pure noise at t={t}, and an eps-model's "
+            "x0_hat = (x_t - sqrt(1 - alpha_bar) eps)/sqrt(alpha_bar) divides by zero there (Lin et al. 2024 switch "
+            f"to v-prediction). Start one index later with t_start={t - 1}: x_T ~ N(0, I) is then x_{t - 1} up to "
+            f"alpha_bar[{t - 1}] = {tab['alpha_bar'][t - 1]:.1e}")
+
+
 def _ddpm_coefficients(tab: dict[str, list[float]], t: int, variance: str) -> StepCoefficients:
+    _check_signal(tab, t)
     beta, alpha, ab, ab_prev = tab["betas"][t], tab["alphas"][t], tab["alpha_bar"][t], tab["alpha_bar_prev"][t]
     var = tab["posterior_variance"][t] if variance == "fixed_small" else beta
     return StepCoefficients(t, math.sqrt(1 - ab), math.sqrt(ab),
@@ -138,6 +234,7 @@ def _ddpm_coefficients(tab: dict[str, list[float]], t: int, variance: str) -> St
 
 def _ddim_coefficients(tab: dict[str, list[float]], t: int, t_prev: int, eta: float,
                        final_alpha_bar: float) -> StepCoefficients:
+    _check_signal(tab, t)
     ab = tab["alpha_bar"][t]
     ab_prev = tab["alpha_bar"][t_prev] if t_prev >= 0 else final_alpha_bar
     sigma = eta * math.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))                  # eq. 16
@@ -147,9 +244,13 @@ def _ddim_coefficients(tab: dict[str, list[float]], t: int, t_prev: int, eta: fl
 
 
 # ------------------------------------------------------------------------------- the arithmetic
-def _predict_x0(c: StepCoefficients, x: Tensor, eps: Tensor, clip_x0: float | None) -> Tensor:
-    """x̂_0 = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t (DDPM eq. 4 solved for x_0), clamped to ±clip_x0 if given."""
+def _predict_x0(c: StepCoefficients, x: Tensor, eps: Tensor, clip_x0: float | None,
+                threshold: DynamicThreshold | None = None) -> Tensor:
+    """x̂_0 = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t (DDPM eq. 4 solved for x_0), clamped to ±clip_x0 if given, or
+    dynamically thresholded (:func:`dynamic_threshold`)."""
     x0 = torch.add(x, eps, alpha=-c.eps_scale).div_(c.root_alpha_bar)
+    if threshold is not None:
+        return _apply_threshold(x0, threshold)
     return x0 if clip_x0 is None else x0.clamp_(-clip_x0, clip_x0)
 
 
@@ -165,31 +266,36 @@ def _update(c: StepCoefficients, x: Tensor, eps: Tensor, x0: Tensor, noise: Tens
 # ------------------------------------------------------------------------------------ the steps
 def ddpm_step(schedule: NoiseSchedule, x_t: Tensor, t: int, eps: Tensor, noise: Tensor | None = None,
               generator: torch.Generator | None = None, variance: str = "fixed_small",
-              clip_x0: float | None = None) -> Tensor:
+              clip_x0: float | None = None, dynamic_threshold: float | DynamicThreshold | None = None) -> Tensor:
     """One ancestral step x_t -> x_{t-1} (DDPM Alg. 2, line 4). No noise is added at t = 0.
 
     x_t, eps, noise: (B, *shape); t: int in [0, T); variance: "fixed_small" (σ² = β̃_t) or "fixed_large"
     (σ² = β_t). clip_x0: if given, x̂_0 is clamped to [−clip_x0, clip_x0] before the posterior mean
     μ̃_t(x_t, x̂_0) (eq. 7) — Ho et al.'s released sampler and diffusers' ``clip_sample=True``.
+    dynamic_threshold: instead, Imagen's dynamic thresholding of x̂_0 (a percentile p or a
+    :class:`DynamicThreshold`) — diffusers' ``thresholding=True``.
     """
     _check_like(x_t, eps=eps, noise=noise)
-    c, clip_x0 = ddpm_coefficients(schedule, t, variance), _check_clip(clip_x0)
-    return _update(c, x_t, eps, _predict_x0(c, x_t, eps, clip_x0), noise, generator)
+    c, (clip_x0, rule) = ddpm_coefficients(schedule, t, variance), _check_x0_rule(clip_x0, dynamic_threshold)
+    return _update(c, x_t, eps, _predict_x0(c, x_t, eps, clip_x0, rule), noise, generator)
 
 
 def ddim_step(schedule: NoiseSchedule, x_t: Tensor, t: int, t_prev: int, eps: Tensor, eta: float = 0.0,
               noise: Tensor | None = None, generator: torch.Generator | None = None,
-              final_alpha_bar: float = 1.0, clip_x0: float | None = None) -> Tensor:
+              final_alpha_bar: float = 1.0, clip_x0: float | None = None,
+              dynamic_threshold: float | DynamicThreshold | None = None) -> Tensor:
     """One DDIM step x_t -> x_{t_prev} (DDIM eq. 12). ``t_prev = -1`` means "to x_0", whose ᾱ is
     ``final_alpha_bar`` in (0, 1] (1.0, or ᾱ at index 0: diffusers' ``set_alpha_to_one=False``).
 
     x_t, eps, noise: (B, *shape); ints -1 <= t_prev < t < T; eta: finite, >= 0 (noise is used only when
     σ > 0). clip_x0: clamp x̂_0 to [−clip_x0, clip_x0] and keep the model's ε for the direction term
-    (diffusers' ``clip_sample=True`` with its default ``use_clipped_model_output=False``).
+    (diffusers' ``clip_sample=True`` with its default ``use_clipped_model_output=False``);
+    dynamic_threshold (a percentile p or a :class:`DynamicThreshold`): threshold x̂_0 instead, ε kept likewise.
     """
     _check_like(x_t, eps=eps, noise=noise)
-    c, clip_x0 = ddim_coefficients(schedule, t, t_prev, eta, final_alpha_bar), _check_clip(clip_x0)
-    return _update(c, x_t, eps, _predict_x0(c, x_t, eps, clip_x0), noise, generator)
+    c = ddim_coefficients(schedule, t, t_prev, eta, final_alpha_bar)
+    clip_x0, rule = _check_x0_rule(clip_x0, dynamic_threshold)
+    return _update(c, x_t, eps, _predict_x0(c, x_t, eps, clip_x0, rule), noise, generator)
 
 
 def ddim_timesteps(T: int, steps: int, spacing: str = "leading", steps_offset: int = 0) -> list[int]:
@@ -250,21 +356,21 @@ def _check_t_start(schedule: NoiseSchedule, t_start: Any) -> int:
 
 @torch.no_grad()
 def _run(eps_model: EpsModel, x_T: Tensor, steps: Sequence[StepCoefficients], cond: Any,
-         generator: torch.Generator | None, clip_x0: float | None, desc: str,
-         progress: bool) -> Iterator[dict[str, Any]]:
+         generator: torch.Generator | None, clip_x0: float | None, threshold: DynamicThreshold | None,
+         desc: str, progress: bool) -> Iterator[dict[str, Any]]:
     """The one loop: ε = model(x, t), x̂_0, x_prev = a·x̂_0 + b·(x or ε) + σ z; yields each state."""
     x, B = x_T, x_T.shape[0]
     for c in tqdm(steps, desc=desc, disable=not show_progress(progress), leave=False):
         eps = call_eps(eps_model, x, torch.full((B,), c.t, dtype=torch.long, device=x.device), cond)
-        x0 = _predict_x0(c, x, eps, clip_x0)
+        x0 = _predict_x0(c, x, eps, clip_x0, threshold)
         x = _update(c, x, eps, x0, None, generator)
         yield {"t": c.t, "x": x, "x0": x0}
 
 
 def ddpm_loop(eps_model: EpsModel, schedule: NoiseSchedule, x_T: Tensor, cond: Any = None,
               generator: torch.Generator | None = None, variance: str = "fixed_small",
-              clip_x0: float | None = None, t_start: int | None = None,
-              progress: bool = True) -> Iterator[dict[str, Any]]:
+              clip_x0: float | None = None, t_start: int | None = None, progress: bool = True,
+              dynamic_threshold: float | DynamicThreshold | None = None) -> Iterator[dict[str, Any]]:
     """DDPM ancestral sampling from x_T: (B, *shape); yields ``{"t": int, "x": x_{t-1}, "x0": x̂_0}``
     for t = t_start … 0 (t_start + 1 model calls; t_start = T − 1 by default, i.e. x_T is pure noise;
     a smaller t_start denoises a noised x_{t_start}, e.g. from :func:`minidiff.forward.q_sample`).
@@ -273,16 +379,17 @@ def ddpm_loop(eps_model: EpsModel, schedule: NoiseSchedule, x_T: Tensor, cond: A
     arithmetic with its coefficients precomputed. Like Alg. 2, the last step adds no noise: samples are
     the decoder's *mean* μ_θ(x_1, 1), not draws from the decoder p_θ(x_0|x_1) that the ELBO scores."""
     _start(eps_model, schedule, x_T)
-    variance, clip_x0 = _check_variance(variance), _check_clip(clip_x0)
+    variance, (clip_x0, rule) = _check_variance(variance), _check_x0_rule(clip_x0, dynamic_threshold)
     tab = _tables(schedule)
     steps = [_ddpm_coefficients(tab, t, variance) for t in range(_check_t_start(schedule, t_start), -1, -1)]
-    return _run(eps_model, x_T, steps, cond, generator, clip_x0, "DDPM", progress)
+    return _run(eps_model, x_T, steps, cond, generator, clip_x0, rule, "DDPM", progress)
 
 
 def ddim_loop(eps_model: EpsModel, schedule: NoiseSchedule, x_T: Tensor, steps: int = 50, eta: float = 0.0,
               cond: Any = None, generator: torch.Generator | None = None, spacing: str = "leading",
               final_alpha_bar: float = 1.0, clip_x0: float | None = None, t_start: int | None = None,
-              progress: bool = True) -> Iterator[dict[str, Any]]:
+              progress: bool = True, dynamic_threshold: float | DynamicThreshold | None = None
+              ) -> Iterator[dict[str, Any]]:
     """DDIM sampling with ``steps`` model calls on τ = :func:`ddim_timesteps` (each τ_i steps to the next
     entry, the last to x_0 with ᾱ = ``final_alpha_bar``); yields ``{"t", "x": x_{t_prev}, "x0"}`` per step.
 
@@ -297,9 +404,9 @@ def ddim_loop(eps_model: EpsModel, schedule: NoiseSchedule, x_T: Tensor, steps: 
     eta = _real(eta, "eta", 0.0, hint=" (0: deterministic DDIM, 1: DDPM-like)")
     final = _real(final_alpha_bar, "final_alpha_bar", 0.0, 1.0, low_open=True,
                   hint=" (1.0, or alpha_bar[0] for diffusers' set_alpha_to_one=False)")
-    clip_x0, tab = _check_clip(clip_x0), _tables(schedule)
+    (clip_x0, rule), tab = _check_x0_rule(clip_x0, dynamic_threshold), _tables(schedule)
     coefs = [_ddim_coefficients(tab, t, t_prev, eta, final) for t, t_prev in zip(ts, ts[1:] + [-1])]
-    return _run(eps_model, x_T, coefs, cond, generator, clip_x0, "DDIM", progress)
+    return _run(eps_model, x_T, coefs, cond, generator, clip_x0, rule, "DDIM", progress)
 
 
 # ---------------------------------------------------------------------------------- sample()
@@ -365,7 +472,7 @@ def sample(eps_model: EpsModel, schedule: NoiseSchedule, shape: tuple[int, ...],
     its floating entries cast to the dtype; other condition objects are passed through unchanged.
     Returns x_0 (and, with ``return_trajectory``, the list [x_T, x after each step]).
     loop_kwargs go to the loop: ``variance`` (DDPM), ``spacing`` and ``final_alpha_bar`` (DDIM),
-    ``clip_x0`` and ``t_start`` (both).
+    ``clip_x0``, ``dynamic_threshold`` and ``t_start`` (both).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -11,6 +11,9 @@ with ``alpha_bar[t]`` the product up to and including index ``t`` — the same a
 
 Everything is stored in float64 on the CPU (cumulative products over 1000 steps lose digits in
 float32) and cast to the dtype/device of the tensor it multiplies by :meth:`NoiseSchedule.gather`.
+
+:meth:`NoiseSchedule.rescale_zero_terminal_snr` (Lin et al. 2024, Alg. 1) makes ᾱ at the last index
+exactly 0 (β = 1 there, the one place a beta may be 1); chapter 2 measures what that does to sampling.
 """
 from __future__ import annotations
 
@@ -30,10 +33,11 @@ class NoiseSchedule:
     """A variance schedule ``betas: (T,)`` with every derived coefficient precomputed.
 
     Build one with :meth:`linear`, :meth:`cosine`, :meth:`scaled_linear` or :meth:`from_diffusers`;
-    the constructor accepts any betas strictly inside (0, 1).
+    the constructor accepts any betas strictly inside (0, 1). With ``zero_terminal_snr=True`` the last
+    beta must be exactly 1 instead (ᾱ_{T−1} = 0: :meth:`rescale_zero_terminal_snr`).
     """
 
-    def __init__(self, betas: Tensor | list[float], name: str = "custom") -> None:
+    def __init__(self, betas: Tensor | list[float], name: str = "custom", *, zero_terminal_snr: bool = False) -> None:
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
         if isinstance(betas, Tensor) and (betas.dtype == torch.bool or betas.is_complex()):
@@ -44,7 +48,13 @@ class NoiseSchedule:
             raise TypeError(f"betas must be a 1-D tensor or list of floats (T,), got {type(betas).__name__}") from err
         if betas.ndim != 1 or betas.numel() < 1:
             raise ValueError(f"betas must be a non-empty 1-D tensor (T,), got shape {tuple(betas.shape)}")
-        if not torch.isfinite(betas).all() or (betas <= 0).any() or (betas >= 1).any():
+        if not isinstance(zero_terminal_snr, bool):
+            raise TypeError(f"zero_terminal_snr must be a bool, got {type(zero_terminal_snr).__name__}")
+        if zero_terminal_snr and (betas.numel() < 2 or betas[-1] != 1):
+            raise ValueError(f"zero_terminal_snr=True needs T >= 2 and the last beta exactly 1 (alpha_bar_T = 0), got "
+                             f"T={betas.numel()} and last beta {betas[-1].item():.6g}; see rescale_zero_terminal_snr()")
+        inner = betas[:-1] if zero_terminal_snr else betas      # only the terminal beta may be 1
+        if not torch.isfinite(betas).all() or (betas <= 0).any() or (inner >= 1).any():
             raise ValueError(
                 f"betas must lie strictly inside (0, 1); got min {betas.min().item():.3g}, "
                 f"max {betas.max().item():.3g}. Clip them (e.g. cosine clips at 0.999)."
@@ -100,20 +110,21 @@ class NoiseSchedule:
         Supports ``beta_schedule`` in {"linear", "scaled_linear", "squaredcos_cap_v2"}, or
         ``trained_betas``; raises ValueError for anything else rather than guessing.
         """
+        config = getattr(scheduler_or_config, "config", scheduler_or_config)
+        if isinstance(config, Mapping) and config.get("rescale_betas_zero_snr", False):
+            raise ValueError("rescale_betas_zero_snr=True makes the last ᾱ exactly 0 (β_T = 1): build the schedule "
+                             "from the config without it and call .rescale_zero_terminal_snr() (an ε-model cannot "
+                             "take the step at ᾱ = 0; the samplers then need t_start=T-2)")
         if isinstance(getattr(scheduler_or_config, "betas", None), Tensor):
             # a scheduler object: take its very betas (float32-rounded), not a recomputation
             sched = scheduler_or_config
             return cls(sched.betas, name=str(sched.config.get("beta_schedule", "diffusers")))
-        config = getattr(scheduler_or_config, "config", scheduler_or_config)
         if not isinstance(config, Mapping):
             raise TypeError(
                 "from_diffusers expects a diffusers scheduler, its .config or a dict, "
                 f"got {type(scheduler_or_config).__name__}"
             )
         T = check_int(config.get("num_train_timesteps", 1000), "config['num_train_timesteps']", 1)
-        if config.get("rescale_betas_zero_snr", False):
-            raise ValueError("rescale_betas_zero_snr=True makes the last ᾱ exactly 0 (β_T = 1), which minidiff's "
-                             "ε-parametrised formulas cannot represent; build the scheduler without it")
         if config.get("trained_betas") is not None:
             trained = cls(config["trained_betas"], name="trained")
             if "num_train_timesteps" in config and trained.T != T:
@@ -132,11 +143,45 @@ class NoiseSchedule:
             "'squaredcos_cap_v2' (or pass trained_betas)"
         )
 
+    def rescale_zero_terminal_snr(self) -> NoiseSchedule:
+        r"""This schedule with zero terminal SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and
+        Sample Steps are Flawed", Alg. 1): shift and scale :math:`\sqrt{\bar\alpha}` so that the last one is 0
+        and the first is kept,
+
+        .. math:: \sqrt{\bar\alpha'_t} = \big(\sqrt{\bar\alpha_t}-\sqrt{\bar\alpha_{T-1}}\big)\,
+                  \frac{\sqrt{\bar\alpha_0}}{\sqrt{\bar\alpha_0}-\sqrt{\bar\alpha_{T-1}}}, \qquad
+                  \beta'_t = 1-\bar\alpha'_t/\bar\alpha'_{t-1}
+
+        (indices as stored; β'_0 = β_0 and β'_{T−1} = 1). Training then sees pure noise at the last index,
+        exactly what sampling starts from, so no signal "leaks" through x_T (SD's ᾱ_T = 0.0047 does).
+        The same betas as diffusers' ``rescale_betas_zero_snr=True``.
+
+        The price for an ε-model: at ᾱ = 0 it learns ε̂ = x_t and nothing about x_0, so x̂_0 is undefined
+        at t = T−1. minidiff's samplers refuse that step (ValueError) and say to start at ``t_start=T-2``;
+        Lin et al. train v-prediction instead.
+        """
+        if self.T < 2:
+            raise ValueError(f"rescale_zero_terminal_snr needs T >= 2 steps (it maps the first and last to "
+                             f"different values), got T={self.T}")
+        root = self.alpha_bar.sqrt()
+        first, last = root[0].item(), root[-1].item()
+        if last == 0.0:
+            return self                                        # already zero terminal SNR
+        root = (root - last) * (first / (first - last))        # Lin et al. 2024, Alg. 1: shift, then scale
+        alpha_bar = root**2
+        alphas = torch.cat([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])   # undo the cumulative product
+        return NoiseSchedule(1.0 - alphas, name=f"{self.name}+zero_snr", zero_terminal_snr=True)
+
     # ----------------------------------------------------------------- derived quantities
     @property
     def T(self) -> int:
         """Number of diffusion steps."""
         return self.betas.numel()
+
+    @property
+    def zero_terminal_snr(self) -> bool:
+        """Whether ᾱ at the last index is exactly 0 (x_T is pure noise; :meth:`rescale_zero_terminal_snr`)."""
+        return bool(self.alpha_bar[-1] == 0)
 
     @property
     def snr(self) -> Tensor:
@@ -245,7 +290,8 @@ class NoiseSchedule:
         lo = t.floor().long().clamp(max=T - 1)
         hi, frac = (lo + 1).clamp(max=T - 1), t - lo
         log_ab = self.alpha_bar.log()
-        return (log_ab[lo] * (1 - frac) + log_ab[hi] * frac).exp()
+        # frac == 0 exactly: take log ᾱ[lo] alone (0 · log ᾱ = 0 · −inf would be NaN on a zero-terminal-SNR schedule)
+        return torch.where(frac == 0, log_ab[lo], log_ab[lo] * (1 - frac) + log_ab[hi] * frac).exp()
 
 
 def _check_T(T: int) -> None:
