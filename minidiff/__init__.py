@@ -9,7 +9,8 @@ from .forward import (bits_per_dim, discretized_gaussian_log_likelihood, elbo_te
                       gaussian_log_likelihood, interpolated_variance, l_simple, l_t_weight, model_mean, model_variance,
                       posterior_mean_var, predicted_x0, q_sample, q_step)
 from .nets import MLPDenoiser, UNet
-from .samplers import ddim_loop, ddim_step, ddim_timesteps, ddpm_loop, ddpm_step, sample
+from .samplers import (DynamicThreshold, ddim_loop, ddim_step, ddim_timesteps, ddpm_loop, ddpm_step,
+                       dynamic_threshold, sample)
 from .schedules import NoiseSchedule
 from .sde import SDE, VESDE, VPSDE, ContinuousTime, SubVPSDE, dsm_loss, make_sde, sample_sde
 from .ode import ode_log_likelihood, ode_loop
@@ -34,7 +35,8 @@ __all__ = [
     "gaussian_log_likelihood", "interpolated_variance", "l_simple", "l_t_weight", "model_mean", "model_variance",
     "posterior_mean_var", "predicted_x0", "q_sample", "q_step",
     "MLPDenoiser", "UNet",
-    "ddim_loop", "ddim_step", "ddim_timesteps", "ddpm_loop", "ddpm_step", "sample",
+    "DynamicThreshold", "ddim_loop", "ddim_step", "ddim_timesteps", "ddpm_loop", "ddpm_step", "dynamic_threshold",
+    "sample",
     "NoiseSchedule",
     "SDE", "VESDE", "VPSDE", "ContinuousTime", "SubVPSDE", "dsm_loss", "make_sde", "sample_sde",
     "ode_log_likelihood", "ode_loop",
