@@ -26,7 +26,7 @@ from .checks import check_int, check_real, check_tensor
 from .data.digits import digits
 from .train import fit
 
-__all__ = ["mmd", "frechet_distance", "DigitClassifier", "digit_classifier", "digit_metrics", "classifier_accuracy",
+__all__ = ["mmd", "frechet_distance", "MIXTURE_MMD_BANDWIDTHS", "mixture_metrics", "DigitClassifier", "digit_classifier", "digit_metrics", "classifier_accuracy",
            "precision_recall"]
 
 
@@ -50,6 +50,27 @@ def mmd(x: Tensor, y: Tensor, bandwidths: Sequence[float] | float | None = None)
     n, m = len(x), len(y)
     kxx, kyy, kxy = k[:n, :n], k[n:, n:], k[:n, n:]
     return float((kxx.sum() - kxx.trace()) / (n * (n - 1)) + (kyy.sum() - kyy.trace()) / (m * (m - 1)) - 2 * kxy.mean())
+
+
+MIXTURE_MMD_BANDWIDTHS = (0.1, 0.2, 0.4)   # RBF widths at the scale of one mode of the course's 2-D mixtures (std 0.15)
+
+
+def mixture_metrics(mixture, points: Tensor, reference: Tensor,
+                    bandwidths: Sequence[float] | float = MIXTURE_MMD_BANDWIDTHS, far: float = 3.0) -> dict[str, float]:
+    """How well 2-D samples match a known Gaussian mixture (chapters 2–4): points, reference: (N, D).
+
+    Returns ``loglik`` (mean exact log p of the samples under ``mixture``), ``median`` (its median: robust to
+    a few stray samples), ``mmd`` (MMD² to ``reference``, fresh data, with ``bandwidths``) and ``off`` (% of
+    samples farther than ``far`` component standard deviations from every component mean; the largest
+    component std of an isotropic mixture is used)."""
+    check_tensor(points, "points", floating=True)
+    far = check_real(far, "far", 0.0, low_open=True, hint=" (in component standard deviations)")
+    pts = points.double()
+    std = mixture.covs.diagonal(dim1=-2, dim2=-1).sqrt().max().item()
+    off = torch.cdist(pts, mixture.means.to(pts.device)).min(1).values > far * std
+    logp = mixture.log_prob(pts)
+    return {"loglik": logp.mean().item(), "median": logp.median().item(),
+            "mmd": mmd(points, reference, bandwidths=bandwidths), "off": 100 * off.double().mean().item()}
 
 
 def frechet_distance(feats_a: Tensor, feats_b: Tensor) -> float:

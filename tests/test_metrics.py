@@ -144,3 +144,16 @@ class DigitClassifierStub(torch.nn.Module):
 
     def forward(self, x):
         return torch.nn.functional.one_hot(torch.full((x.shape[0],), 3), 10).float() * 5
+
+
+def test_mixture_metrics_of_data_vs_of_noise():
+    from minidiff.data import GaussianMixture
+    from minidiff.metrics import mixture_metrics
+    ring = GaussianMixture.ring()
+    data, ref = (ring.sample(800, torch.Generator().manual_seed(s)).float() for s in (0, 1))
+    good, bad = mixture_metrics(ring, data, ref), mixture_metrics(ring, 3 * torch.randn(800, 2), ref)
+    assert good["loglik"] > bad["loglik"] and good["mmd"] < bad["mmd"] < 1
+    assert good["off"] < 3 < 50 < bad["off"]                # 3 std in 2-D: P = e^{-4.5} ≈ 1 % for true samples
+    assert good["median"] >= good["loglik"] - 1            # the median is robust to the tail
+    with pytest.raises(ValueError, match="far"):
+        mixture_metrics(ring, data, ref, far=0)
