@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["check_int", "check_real", "check_choice", "check_tensor", "check_positive_tensor"]
+__all__ = ["check_int", "check_real", "check_choice", "check_tensor", "check_positive_tensor", "check_labels"]
 
 
 def check_int(value: Any, name: str, low: int | None = None, high: int | None = None, *, hint: str = "") -> int:
@@ -109,6 +109,27 @@ def check_positive_tensor(value: Tensor | float, name: str, *, allow_zero: bool 
     if bad_low or bad_high or not bool(torch.isfinite(v).all()):
         interval = _interval(0, upper, not allow_zero, upper_open)
         raise ValueError(f"{name} must be finite and in {interval}, got min {float(lo):.4g} and max {float(hi):.4g}")
+
+
+def check_labels(value: Any, name: str, batch: int, num_classes: int | None = None, *,
+                 device: torch.device | str | None = None, broadcast: bool = False) -> Tensor:
+    """Integer class labels of shape (batch,) as a LongTensor on ``device``, each in [0, num_classes) when
+    ``num_classes`` is given. ``broadcast``: a single int (0-d) is repeated to the batch. A float, bool or
+    complex tensor is refused (a float label is a bug, not a class)."""
+    try:
+        labels = torch.as_tensor(value, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        accepted = "(B,) or an int" if broadcast else "(B,)"
+        raise TypeError(f"{name} must be integer class labels {accepted}, got {type(value).__name__}") from None
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must be integer class labels, got dtype {labels.dtype}")
+    if broadcast and labels.ndim == 0:
+        labels = labels.expand(batch)
+    if tuple(labels.shape) != (batch,):
+        raise ValueError(f"{name} must have shape (B,)=({batch},), got {tuple(labels.shape)}")
+    if num_classes is not None and labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{name} must be in [0, {num_classes}), got min {int(labels.min())}, max {int(labels.max())}")
+    return labels.long()
 
 
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:

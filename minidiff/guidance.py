@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import cond as C
+from .checks import check_labels
 from .clock import model_clock
 from .cond import NULL_KEYS, Cond, NullSpec
 from .eps import EpsModel, call_eps
@@ -85,17 +86,7 @@ def _labels(cond: Any, batch: int, device: torch.device, what: str, name: str = 
     if cond is None:
         raise ValueError(f"{what} needs the target class: pass cond=labels of shape (B,)=({batch},) "
                          "(an int is broadcast to the batch)")
-    try:
-        labels = torch.as_tensor(cond, device=device)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{name} must be integer class labels (B,) or an int, got {type(cond).__name__}") from None
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise ValueError(f"{name} must be integer class labels, got dtype {labels.dtype}")
-    if labels.ndim == 0:
-        labels = labels.expand(batch)
-    if labels.ndim != 1 or labels.shape[0] != batch:
-        raise ValueError(f"{name} must have shape (B,)=({batch},), got {tuple(labels.shape)}")
-    return labels.long()
+    return check_labels(cond, name, batch, device=device, broadcast=True)
 
 
 def _batch_t(t: Tensor | int, batch: int, device: torch.device) -> Tensor:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..checks import check_int, check_real
+from ..checks import check_int, check_labels, check_real
 from ..exact import MixtureEps
 from ..schedules import NoiseSchedule
 
@@ -171,13 +171,7 @@ class GaussianMixture:
     def class_score(self, x: Tensor, alpha_bar: Tensor | float, labels: Tensor) -> Tensor:
         """∇_x log p_t(x | k) = C_k⁻¹ (m_k − x) for each row's component k = labels: (B,) in [0, K) -> (B, D)."""
         xd = self._check_x(x)
-        labels = torch.as_tensor(labels, device=xd.device)
-        if labels.shape != (xd.shape[0],) or labels.is_floating_point() or labels.dtype == torch.bool:
-            raise ValueError(f"labels must be integer components of shape (B,)=({xd.shape[0]},), got "
-                             f"{labels.dtype} {tuple(labels.shape)}")
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_components):
-            raise ValueError(f"labels must be in [0, K)=[0, {self.num_components}), got min {int(labels.min())}, "
-                             f"max {int(labels.max())}")
+        labels = check_labels(labels, "labels", xd.shape[0], self.num_components, device=xd.device)
         ab = _check_alpha_bar(alpha_bar, xd.shape[0]).to(xd.device)
         m = ab.sqrt()[:, None] * self.means.to(xd.device)[labels]                                    # (B, D)
         eye = torch.eye(self.dim, dtype=torch.float64, device=xd.device)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checks import check_labels
 from ..data.toys import GaussianMixture
 from ..schedules import NoiseSchedule
 
@@ -68,14 +69,7 @@ class MixtureDensityRatio:
             return None
         if cond is None:
             raise ValueError("this MixtureDensityRatio is conditional: pass cond=labels (B,)")
-        labels = torch.as_tensor(cond, device=x.device)
-        if labels.shape != (x.shape[0],) or labels.is_floating_point() or labels.dtype == torch.bool:
-            raise ValueError(f"cond must be integer labels of shape ({x.shape[0]},), got {labels.dtype} "
-                             f"{tuple(labels.shape)}")
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"labels must be in [0, {self.num_classes}), got min {int(labels.min())}, "
-                             f"max {int(labels.max())}")
-        return labels.long()
+        return check_labels(cond, "labels", x.shape[0], self.num_classes, device=x.device)
 
     def _log_joint(self, gmm: GaussianMixture, x: Tensor, ab: Tensor, labels: Tensor | None) -> Tensor:
         """log p_t(x) or, with labels, log p_t(x, y) = log p_t(x) + log p_t(y | x): (B,) float64."""
