@@ -181,7 +181,7 @@ def scene_batches(batch_size: int, seed: int, chunk: int = 1024) -> Iterator[tup
     ``chunk`` at a time (the generator is fastest in bulk)."""
     g = torch.Generator().manual_seed(seed)
     while True:
-        scenes = make_scenes(chunk, generator=g)
+        scenes = make_scenes(chunk, generator=g, shapes=SHAPES)          # all five kinds, the star included
         targets = evaluator_targets(scenes)
         for start in range(0, chunk - batch_size + 1, batch_size):
             rows = slice(start, start + batch_size)
@@ -189,7 +189,7 @@ def scene_batches(batch_size: int, seed: int, chunk: int = 1024) -> Iterator[tup
 
 
 EVALUATOR_CONFIG = {"arch": "ShapesEvaluator", "width": 32, "steps": 800, "batch": 64, "lr": 3e-3, "seed": 0,
-                    "data": "make_scenes(min_objects=1, max_objects=3) v1"}
+                    "data": "make_scenes(min_objects=1, max_objects=3, shapes=SHAPES) v2"}
 
 
 def shapes_evaluator(steps: int | None = None, use_cache: bool = True,

@@ -1,11 +1,13 @@
 """The shapes world: determinism, pixels ↔ masks ↔ edges ↔ boxes, captions ↔ attributes, tokenizer, bad input."""
+import math
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from minidiff.data.shapes import (COLOURS, MAX_OBJECTS, RELATION_MARGIN, RELATIONS, SHAPES, SIZES, Scenes,
+from minidiff.data.shapes import (BASE_SHAPES, COLOURS, MAX_OBJECTS, NOVEL_SHAPES, RARE_TOKENS, RELATION_MARGIN, RELATIONS,
+                                  SHAPES, SIZES, Scenes,
                                   WordTokenizer, colour_shape_pairs, make_scenes, parse_captions, plot_scenes,
                                   relation_of, shape_masks, vocabulary)
 
@@ -41,7 +43,7 @@ def test_types_ranges_and_counts(scenes):
     for name in ("shapes", "colours", "sizes"):
         v = getattr(scenes, name)
         assert (v[~scenes.present] == -1).all() and (v[scenes.present] >= 0).all()
-    assert set(scenes.shapes[scenes.present].tolist()) == set(range(len(SHAPES)))
+    assert set(scenes.shapes[scenes.present].tolist()) == set(range(len(BASE_SHAPES)))   # no star by default
     assert set(scenes.colours[scenes.present].tolist()) == set(range(len(COLOURS)))
 
 
@@ -157,7 +159,8 @@ def test_held_out_pairs():
     assert not any("green triangle" in c or "red circle" in c for c in train.captions)
     test = make_scenes(30, seed=0, max_objects=1, only_pairs=[("green", "triangle")])
     assert {c.split(" ", 2)[2] for c in test.captions} == {"green triangle"}
-    assert len(colour_shape_pairs()) == len(COLOURS) * len(SHAPES)
+    assert len(colour_shape_pairs()) == len(COLOURS) * len(BASE_SHAPES)
+    assert len(colour_shape_pairs(shapes=SHAPES)) == len(COLOURS) * len(SHAPES)
 
 
 def test_subset_device_class_masks_and_image_size(scenes):
@@ -193,7 +196,7 @@ def test_tokenizer_round_trip_and_specials(scenes):
     assert tok.words == vocabulary() and tok.words[:3] == ("<pad>", "<bos>", "<eos>")
     assert len(set(tok.words)) == len(tok)
     every = {w for c in scenes.captions for w in c.split()}
-    assert every <= set(tok.words[3:]) and len(tok) == 3 + 2 + len(SIZES) + len(COLOURS) + len(SHAPES) + 5
+    assert every <= set(tok.words[3:]) and len(tok) == 3 + 2 + len(SIZES) + len(COLOURS) + len(SHAPES) + 5 + len(RARE_TOKENS)
 
 
 @pytest.mark.parametrize("caption, match", [
@@ -249,7 +252,7 @@ def test_parse_rejects_ungrammatical_captions(caption, match):
     (dict(n=10, seed=-1), ValueError, "seed"),
     (dict(n=10, generator=0), TypeError, "generator"),
     (dict(n=10, exclude_pairs=[("purple", "circle")]), ValueError, r"unknown pair \('purple', 'circle'\)"),
-    (dict(n=10, only_pairs=[("red", "star")]), ValueError, "unknown pair"),
+    (dict(n=10, only_pairs=[("red", "hexagon")]), ValueError, "unknown pair"),
     (dict(n=10, exclude_pairs=("red", "circle")), TypeError, "exclude_pairs"),
     (dict(n=10, exclude_pairs="red circle"), TypeError, "exclude_pairs"),
     (dict(n=10, only_pairs=[("red", "circle")], exclude_pairs=[("red", "circle")]), ValueError, "no colour"),
@@ -268,3 +271,34 @@ def test_plot_scenes(scenes):
         plot_scenes(scenes, panels=("depth",))
     with pytest.raises(TypeError, match="Scenes"):
         plot_scenes(scenes.images)
+
+
+def test_star_is_the_five_pointed_star_polygon():
+    """The star's mask against matplotlib's point-in-polygon test on its 10 vertices (outer r, inner 0.45 r)."""
+    from matplotlib.path import Path
+    r, c = 6.5, (15.0, 14.0)
+    star = SHAPES.index("star")
+    mask = shape_masks(torch.tensor([star]), torch.tensor([r]), torch.tensor([c]), 32)[0]
+    angles = torch.arange(10) * math.pi / 5                                   # from "up", clockwise on screen
+    radii = torch.where(torch.arange(10) % 2 == 0, torch.tensor(r), torch.tensor(0.45 * r))
+    polygon = Path(torch.stack([c[0] + radii * angles.sin(), c[1] - radii * angles.cos()], 1).tolist())
+    ys, xs = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    inside = torch.tensor(polygon.contains_points(torch.stack([xs.flatten(), ys.flatten()], 1).tolist()))
+    differ = (inside.view(32, 32) != mask).sum().item()
+    assert differ <= 2, differ                                               # only pixels exactly on an edge may differ
+    assert mask.sum() > 30 and mask[int(c[1]) - 6, int(c[0])] and not mask[int(c[1]) + 6, int(c[0])]   # a point up, none down
+
+
+def test_the_star_is_drawn_only_when_asked():
+    assert NOVEL_SHAPES == ("star",) and SHAPES[:4] == BASE_SHAPES
+    plain = make_scenes(400, seed=3)
+    assert "star" not in " ".join(plain.captions)
+    every = make_scenes(400, seed=3, shapes=SHAPES)
+    assert set(every.shapes[every.present].tolist()) == set(range(len(SHAPES)))
+    only = make_scenes(20, seed=3, max_objects=1, only_pairs=[("red", "star")])
+    assert set(only.captions) <= {"a small red star", "a large red star"}
+    assert parse_captions("a small red star")["shapes"][0, 0].item() == SHAPES.index("star")
+    with pytest.raises(ValueError, match=r"unknown kinds \['hexagon'\]"):
+        make_scenes(4, shapes=["circle", "hexagon"])
+    with pytest.raises(TypeError, match="non-empty list of shape names"):
+        make_scenes(4, shapes="star")

@@ -25,6 +25,13 @@ cells (what the evaluator of :mod:`minidiff.shapes_eval` relies on). In a 2-obje
 d between the centres also satisfies ``||d_x| − |d_y|| ≥ RELATION_MARGIN`` pixels (at 32²), so the
 relation is clear-cut. Scenes violating a rule are redrawn (vectorised rejection sampling).
 
+**A shape the base world never shows.** ``SHAPES`` ends with a fifth kind, the star (``NOVEL_SHAPES``): scenes
+draw only the four ``BASE_SHAPES`` unless asked (``shapes=SHAPES`` or ``only_pairs=[("red", "star")]``), so a
+model trained on default scenes has never seen one — chapter 6 teaches it as a new concept. The words
+"star" and "sks" (DreamBooth's rare identifier) are in the tokenizer's vocabulary from the start, so adding
+the concept later changes no embedding table; no default caption uses them. The evaluator of
+:mod:`minidiff.shapes_eval` is trained on all five shapes.
+
 Everything is vectorised over scenes (a loop runs only over the ≤ 3 object slots) and seeded by a
 ``torch.Generator``: the same seed gives the same scenes. Held-out colour–shape pairs
 (``exclude_pairs=``) leave combinations such as "green triangle" out of a training set to test
@@ -32,6 +39,7 @@ generalisation to them (``only_pairs=``).
 """
 from __future__ import annotations
 
+import math
 import textwrap
 from dataclasses import dataclass, fields
 from typing import Sequence
@@ -45,11 +53,13 @@ from ..checks import check_int, check_real, check_tensor
 from ..config import resolve_device
 from ..text import BOS_ID, EOS_ID, PAD_ID
 
-__all__ = ["SHAPES", "COLOURS", "SIZES", "RELATIONS", "MAX_OBJECTS", "Scenes", "make_scenes", "relation_of",
+__all__ = ["SHAPES", "BASE_SHAPES", "NOVEL_SHAPES", "RARE_TOKENS", "COLOURS", "SIZES", "RELATIONS", "MAX_OBJECTS", "Scenes", "make_scenes", "relation_of",
            "captions_from_attributes", "parse_captions", "colour_shape_pairs", "vocabulary", "WordTokenizer",
            "plot_scenes"]
 
-SHAPES = ("circle", "square", "triangle", "cross")
+SHAPES = ("circle", "square", "triangle", "cross", "star")
+BASE_SHAPES, NOVEL_SHAPES = SHAPES[:4], SHAPES[4:]   # default scenes draw the base shapes only (module docstring)
+RARE_TOKENS = ("sks",)                              # DreamBooth's identifier: in the vocabulary, in no default caption
 COLOURS = {                                    # RGB in [-1, 1]: every colour has a channel ≥ 0.9,
     "red": (1.0, -0.6, -0.6),                  # so it always differs from the dark background
     "green": (-0.6, 0.9, -0.6),
@@ -66,6 +76,7 @@ MIN_SEPARATION = 0.8                           # max-norm distance of centres �
 MIN_CENTRE_DISTANCE = 8.0                      # ... and ≥ 8 px (at 32²): objects never crowd
 RELATION_MARGIN = 3.0                          # ||d_x| − |d_y|| ≥ 3 px (at 32²) in 2-object scenes
 SQUARE_HALF, CROSS_ARM = 0.9, 0.35             # square half-side and cross half-arm width, in units of r
+STAR_INNER = 0.45                              # a five-pointed star's inner radius, in units of its outer r
 MAX_ROUNDS = 1000                              # rejection-sampling rounds before giving up
 _COLOUR_NAMES, _SIZE_NAMES = tuple(COLOURS), tuple(SIZES)
 
@@ -139,12 +150,14 @@ class Scenes:
 def make_scenes(n: int, *, seed: int = 0, generator: torch.Generator | None = None, min_objects: int = 1,
                 max_objects: int = MAX_OBJECTS, image_size: int = 32, tint: float = 0.1,
                 exclude_pairs: Sequence[tuple[str, str]] = (), only_pairs: Sequence[tuple[str, str]] | None = None,
-                device: str | torch.device | None = None) -> Scenes:
+                shapes: Sequence[str] = BASE_SHAPES, device: str | torch.device | None = None) -> Scenes:
     """Draw ``n`` scenes of ``min_objects``…``max_objects`` shapes (uniform count, uniform allowed
     colour–shape pair, uniform size) on a background ``BACKGROUND + tint·U(-1, 1)`` per channel.
 
     generator: a CPU ``torch.Generator`` (drawn from; it overrides ``seed``). image_size: 16…128; the
-    geometry scales with it. exclude_pairs: (colour, shape) pairs never drawn; only_pairs: draw only these.
+    geometry scales with it. exclude_pairs: (colour, shape) pairs never drawn; only_pairs: draw only these
+    (any shape of ``SHAPES``); shapes: the kinds drawn when ``only_pairs`` is not given (default the four
+    ``BASE_SHAPES``; ``SHAPES`` adds the star).
     Returns a :class:`Scenes` on ``device``.
     """
     n = check_int(n, "n", 1, hint=" (the number of scenes)")
@@ -153,7 +166,7 @@ def make_scenes(n: int, *, seed: int = 0, generator: torch.Generator | None = No
     size = check_int(image_size, "image_size", 16, 128, hint=" (the side of the square image in pixels)")
     tint = check_real(tint, "tint", 0.0, 0.1, hint=" (background tint per channel; 0 for plain grey)")
     g = _generator(seed, generator)
-    pairs = colour_shape_pairs(exclude_pairs, only_pairs)
+    pairs = colour_shape_pairs(exclude_pairs, only_pairs, shapes)
     count = torch.randint(min_objects, max_objects + 1, (n,), generator=g)
     present = torch.arange(MAX_OBJECTS) < count[:, None]
     pair = pairs[torch.randint(len(pairs), (n, MAX_OBJECTS), generator=g)]
@@ -182,11 +195,13 @@ def _generator(seed: int, generator: torch.Generator | None) -> torch.Generator:
 
 
 def colour_shape_pairs(exclude_pairs: Sequence[tuple[str, str]] = (),
-                       only_pairs: Sequence[tuple[str, str]] | None = None) -> Tensor:
-    """(P, 2) long (colour index, shape index) of the pairs a generator may draw, in a fixed order."""
+                       only_pairs: Sequence[tuple[str, str]] | None = None,
+                       shapes: Sequence[str] = BASE_SHAPES) -> Tensor:
+    """(P, 2) long (colour index, shape index into SHAPES) of the pairs a generator may draw, in a fixed order:
+    ``only_pairs`` if given, else every colour with every kind in ``shapes``; minus ``exclude_pairs``."""
     excluded = set(_pair_ids(exclude_pairs, "exclude_pairs"))
     allowed = _pair_ids(only_pairs, "only_pairs") if only_pairs is not None else [
-        (c, s) for c in range(len(COLOURS)) for s in range(len(SHAPES))]
+        (c, s) for c in range(len(COLOURS)) for s in _shape_ids(shapes)]
     kept = sorted(set(allowed) - excluded)
     if not kept:
         raise ValueError("exclude_pairs / only_pairs leave no colour–shape pair to draw; keep at least one")
@@ -206,6 +221,15 @@ def _pair_ids(pairs: Sequence[tuple[str, str]], name: str) -> list[tuple[int, in
             raise ValueError(f"{name} has the unknown pair {pair!r}: colours are {_COLOUR_NAMES}, shapes {SHAPES}")
         ids.append((_COLOUR_NAMES.index(colour), SHAPES.index(shape)))
     return ids
+
+
+def _shape_ids(shapes: Sequence[str]) -> list[int]:
+    if isinstance(shapes, (str, bytes)) or not isinstance(shapes, (list, tuple)) or not shapes:
+        raise TypeError(f"shapes must be a non-empty list of shape names from {SHAPES}, got {shapes!r}")
+    unknown = [k for k in shapes if k not in SHAPES]
+    if unknown:
+        raise ValueError(f"shapes has unknown kinds {unknown}: the shapes are {SHAPES}")
+    return sorted({SHAPES.index(k) for k in shapes})
 
 
 # --------------------------------------------------------------------------- placement and rasterising
@@ -242,14 +266,15 @@ def shape_masks(shapes: Tensor, radius: Tensor, centres: Tensor, size: int) -> T
 
     With offsets (dx, dy) of a pixel from the centre and half-extent r: circle dx² + dy² ≤ r²; square
     max(|dx|, |dy|) ≤ 0.9 r; triangle (apex up) |dy| ≤ r and |dx| ≤ (dy + r)/2; cross: a bar of half-length r
-    and half-width 0.35 r in each direction. Each kind is rasterised only for the scenes that have it.
+    and half-width 0.35 r in each direction; star: the five-pointed star (point up) with outer radius r and
+    inner radius 0.45 r. Each kind is rasterised only for the scenes that have it.
     """
     axis = torch.arange(size, dtype=torch.float32)
     dx = axis[None, None, :] - centres[:, 0, None, None]            # (N, 1, S)
     dy = axis[None, :, None] - centres[:, 1, None, None]            # (N, S, 1)
     r = radius[:, None, None]
     inside = torch.zeros(len(shapes), size, size, dtype=torch.bool)
-    for kind, test in enumerate((_circle, _square, _triangle, _cross)):
+    for kind, test in enumerate((_circle, _square, _triangle, _cross, _star)):
         rows = (shapes == kind).nonzero().flatten()
         if len(rows):
             inside[rows] = test(dx[rows], dy[rows], r[rows])
@@ -271,6 +296,18 @@ def _triangle(dx: Tensor, dy: Tensor, r: Tensor) -> Tensor:
 def _cross(dx: Tensor, dy: Tensor, r: Tensor) -> Tensor:
     ax, ay, w = dx.abs(), dy.abs(), CROSS_ARM * r
     return ((ax <= r) & (ay <= w)) | ((ay <= r) & (ax <= w))
+
+
+def _star(dx: Tensor, dy: Tensor, r: Tensor) -> Tensor:
+    """Inside the star polygon whose outer vertices lie at radius r, angles 0°, 72°, … from "up", and inner
+    vertices at radius ρ = 0.45 r half-way between. On a ray at angle ψ ∈ [0°, 36°] from the nearest outer
+    vertex, the edge from (r, 0°) to (ρ, 36°) is at distance r ρ sin 36° / (ρ sin(36° − ψ) + r sin ψ)."""
+    half = math.pi / 5                                                   # 36°
+    theta = torch.atan2(dx, -dy).remainder(2 * half)                     # angle from "up", modulo 72°
+    psi = torch.minimum(theta, 2 * half - theta)                         # to the nearest outer vertex
+    rho = STAR_INNER * r
+    edge = r * rho * math.sin(half) / (rho * torch.sin(half - psi) + r * torch.sin(psi))
+    return dx**2 + dy**2 <= edge**2
 
 
 def _render(shapes: Tensor, colours: Tensor, radius: Tensor, centres: Tensor, present: Tensor, background: Tensor,
@@ -398,7 +435,7 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 def vocabulary() -> tuple[str, ...]:
     """Every token, by id: the specials (pad 0, bos 1, eos 2), then the grammar's words from id 3."""
     relation_words = dict.fromkeys(w for r in RELATIONS for w in r.split())
-    return SPECIAL_TOKENS + ("a", "and", *SIZES, *COLOURS, *SHAPES, *relation_words)
+    return SPECIAL_TOKENS + ("a", "and", *SIZES, *COLOURS, *SHAPES, *relation_words, *RARE_TOKENS)
 
 
 class WordTokenizer:
