@@ -283,7 +283,13 @@ class UNet(nn.Module):
             eps = self._eps(x, t, cond)
         return (eps, {name: feats[name] for name in self.ports}) if return_features else eps
 
-    def _eps(self, x: Tensor, t: Tensor, cond: Any) -> Tensor:
+    def encode(self, x: Tensor, t: Tensor, cond: Any = None) -> tuple[list[Tensor], Tensor]:
+        """The encoder and middle only: (skips, mid) with skips[k] the feature the decoder reads at port
+        ``skip.k`` (before that port) and mid the middle block's output. What a ControlNet branch runs."""
+        skips, h, _, _ = self._encode(x, t, cond)
+        return skips, h
+
+    def _encode(self, x: Tensor, t: Tensor, cond: Any) -> tuple[list[Tensor], Tensor, Tensor, Tensor | None]:
         self._check_input(x)
         emb, context = self._conditioning(x, t, cond)
         h = self.port_in(self.conv_in(x))
@@ -296,6 +302,10 @@ class UNet(nn.Module):
                 h = pool_port(pool(h))
                 skips.append(h)
         h = self.port_mid(self.mid2(_attend(self.mid_attn, self.mid1(h, emb), context), emb))
+        return skips, h, emb, context
+
+    def _eps(self, x: Tensor, t: Tensor, cond: Any) -> Tensor:
+        skips, h, emb, context = self._encode(x, t, cond)
         for level, unpool in zip(self.up, self.unpool):
             for block, attn, port in zip(level.blocks, level.attn, level.ports):
                 skip = self.skip_ports[len(skips) - 1](skips.pop())
