@@ -309,8 +309,11 @@ def remove_lora(model: nn.Module, name: str | None = None, *, merge: bool = Fals
     """
     if not isinstance(merge, bool):
         raise TypeError(f"merge must be True or False, got {merge!r}")
-    layers = _all_layers(model) if name is None else {p: m for p, m in lora_layers(model).items() if m in
-                                                       _layers_with(model, name)}
+    if name is None:
+        layers = _all_layers(model)
+    else:
+        _layers_with(model, name)                                   # KeyError naming the adapters there are
+        layers = {p: m for p, m in lora_layers(model).items() if name in m.adapters}
     for path, layer in layers.items():
         was_merged = layer.merged
         if was_merged:
