@@ -488,3 +488,36 @@ def test_diffusers_state_dict_without_metadata_bakes_the_scaling(tmp_path, gener
         assert (pipe.unet(x, t, ctx).sample - ours(x, t, ctx).sample).abs().max().item() < 1e-5
     with pytest.raises(ValueError, match="prefix"):
         diffusers_lora_state_dict(ours, prefix="unet.")
+
+
+def test_dropout_acts_on_the_lora_branch_in_training_only(generator):
+    layer = LoRALinear(nn.Linear(16, 16), r=4, dropout=0.5)
+    randomise(layer, generator)
+    x = torch.randn(64, 16, generator=generator)
+    layer.eval()
+    a, b = layer(x), layer(x)
+    assert torch.equal(a, b)
+    layer.train()
+    torch.manual_seed(0)
+    assert not torch.allclose(layer(x), a)
+    with lora_disabled(layer):                                   # the base ignores the LoRA dropout
+        torch.testing.assert_close(layer(x), layer.base(x))
+
+
+def test_clip_adapter_round_trip_and_unknown_names(tmp_path, generator):
+    base = TinyCLIP.build(vocab_size=20)
+    clip = copy.deepcopy(base)
+    images = torch.randn(2, 3, 32, 32, generator=generator)
+    inject_lora(clip, ["image_encoder.features.0", "to_v"], r=2, alpha=1)
+    randomise(clip, generator)
+    want = clip.encode_image(images)
+    path = save_lora(clip, tmp_path / "clip.safetensors")
+    fresh = copy.deepcopy(base)
+    load_lora(fresh, path)
+    torch.testing.assert_close(fresh.encode_image(images), want)
+    with pytest.raises(KeyError, match="no adapter named 'nope'"):
+        remove_lora(clip, "nope")
+    with pytest.raises(KeyError, match="no adapter named 'nope'"):
+        lora_parameters(clip, "nope")
+    with pytest.raises(KeyError, match="no adapter named 'nope'"):
+        set_lora_scale(clip, "nope", 1.0)

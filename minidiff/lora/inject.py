@@ -93,6 +93,10 @@ def _targets(target: Any) -> list[str | re.Pattern]:
     return list(items)
 
 
+def _text(t: str | re.Pattern) -> str:
+    return t.pattern if isinstance(t, re.Pattern) else t
+
+
 def _is_pattern(t: str | re.Pattern) -> bool:
     return isinstance(t, re.Pattern) or any(c in t for c in "*?[")
 
@@ -108,8 +112,7 @@ def _matches(t: str | re.Pattern, path: str) -> bool:
 def _close_names(t: str | re.Pattern, paths: Sequence[str]) -> list[str]:
     """Paths and path tails (``to_q``, ``attn1.to_q``, …) that look like ``t`` (difflib)."""
     tails = {".".join(p.split(".")[i:]) for p in paths for i in range(len(p.split(".")))}
-    word = t.pattern if isinstance(t, re.Pattern) else t
-    return difflib.get_close_matches(word, sorted(tails), n=6, cutoff=0.5)
+    return difflib.get_close_matches(_text(t), sorted(tails), n=6, cutoff=0.5)
 
 
 def _supported(module: nn.Module) -> bool:
@@ -131,12 +134,12 @@ def find_targets(model: nn.Module, target: Target) -> list[str]:
         if not hits:
             close = _close_names(t, list(candidates))
             hint = f"; close names: {close}" if close else f"; the model has e.g. {list(candidates)[:8]}"
-            raise ValueError(f"target {t.pattern if isinstance(t, re.Pattern) else t!r} matches no module of "
+            raise ValueError(f"target {_text(t)!r} matches no module of "
                              f"{type(model).__name__}{hint}")
         good = [p for p in hits if _supported(candidates[p])]
         bad = {p: type(candidates[p]).__name__ for p in hits if not _supported(candidates[p])}
         if bad and (not _is_pattern(t) or not good):
-            raise TypeError(f"target {t if isinstance(t, str) else t.pattern!r} selects layers LoRA cannot wrap "
+            raise TypeError(f"target {_text(t)!r} selects layers LoRA cannot wrap "
                             f"(it supports nn.Linear and nn.Conv2d): {dict(list(bad.items())[:6])}; name the "
                             "Linear/Conv2d layers inside them instead")
         chosen.update(good)
@@ -193,16 +196,26 @@ def inject_lora(model: nn.Module, target: Target, r: int = 4, alpha: float | Non
     if freeze:
         model.requires_grad_(False)
     for p, m in modules.items():
-        new = wrap(m, r, alpha, dropout, name, generator)
-        if new is not m:
-            _replace(model, p, new)
+        _attach(model, p, m, name, r, alpha, dropout, generator)
+    return _report(model, name, paths)
+
+
+def _attach(model: nn.Module, path: str, module: nn.Module, name: str, r: int, alpha: float | None,
+            dropout: float = 0.0, generator: torch.Generator | None = None) -> LoRALayer:
+    """Add adapter ``name`` to the layer at ``path`` (wrapping a plain layer in place); its A, B trainable."""
+    layer = wrap(module, r, alpha, dropout, name, generator)
+    if layer is not module:
+        _replace(model, path, layer)
+    layer.lora_A[name].requires_grad_(True)
+    layer.lora_B[name].requires_grad_(True)
+    return layer
+
+
+def _report(model: nn.Module, name: str, paths: Sequence[str]) -> LoRAReport:
     layers = {p: model.get_submodule(p) for p in paths}
     info = {p: (_kind(m), *_shape(m), m.r[name], m.alpha[name]) for p, m in layers.items()}
-    for m in layers.values():
-        m.lora_A[name].requires_grad_(True)
-        m.lora_B[name].requires_grad_(True)
-    return LoRAReport(name, info, sum(r_ * (d + k) for _, d, k, r_, _ in info.values()),
-                      sum(p.numel() for p in model.parameters()))
+    return LoRAReport(name, info, sum(r * (d + k) for _, d, k, r, _ in info.values()),
+                      sum(q.numel() for q in model.parameters()))
 
 
 # --------------------------------------------------------------------------- parameters

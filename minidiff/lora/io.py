@@ -27,15 +27,16 @@ from torch import Tensor, nn
 
 from .inject import (
     LoRAReport,
+    _attach,
     _candidates,
     _close_names,
     _kind,
-    _replace,
+    _report,
     _shape,
     adapter_names,
     lora_layers,
 )
-from .layers import SUPPORTED, LoRALayer, _check_name, wrap
+from .layers import SUPPORTED, LoRALayer, _check_name
 
 __all__ = ["FORMAT", "load_lora", "lora_state_dict", "read_lora_metadata", "save_lora"]
 
@@ -141,15 +142,10 @@ def load_lora(model: nn.Module, path: str | Path, name: str | None = None, *, fr
     for p, (_, r, alpha) in meta["layers"].items():
         module = candidates[p]
         if not (isinstance(module, LoRALayer) and name in module.adapters):
-            new = wrap(module, r, alpha, 0.0, name)
-            if new is not module:
-                _replace(model, p, new)
-            module = new
+            module = _attach(model, p, module, name, r, alpha)
         with torch.no_grad():
             module.lora_A[name].copy_(tensors[f"{p}.lora_A"])
             module.lora_B[name].copy_(tensors[f"{p}.lora_B"])
         module.lora_A[name].requires_grad_(True)
         module.lora_B[name].requires_grad_(True)
-    info = {p: (kind, *_shape(model.get_submodule(p)), r, alpha) for p, (kind, r, alpha) in meta["layers"].items()}
-    return LoRAReport(name, info, sum(r * (d + k) for _, d, k, r, _ in info.values()),
-                      sum(q.numel() for q in model.parameters()))
+    return _report(model, name, list(meta["layers"]))
