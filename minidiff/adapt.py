@@ -20,14 +20,15 @@ L_simple terms). :func:`prior_preservation_loss`.
 **Textual Inversion** (Gal et al. 2022, eq. 2): keep the whole model frozen and learn only the embedding
 v of a new pseudo-word S*,
 
-.. math:: v_* = \arg\min_v \mathbb E_{z, y, \varepsilon, t}\big[\|\varepsilon - \varepsilon_\theta(z_t, t, c_\theta(y))\|^2\big].
+.. math:: v_* = \arg\min_v \mathbb E_{z, y, \varepsilon, t}
+   \big[\|\varepsilon - \varepsilon_\theta(z_t, t, c_\theta(y))\|^2\big].
 
 The new rows are a *separate* parameter spliced after the frozen table (:class:`ExtendedEmbedding`),
 not a gradient mask on the whole table: AdamW's decoupled weight decay and momentum would otherwise
 still move the "frozen" rows. Every other row and weight stays bit-identical.
 
-**Concept Sliders** (Gandikota et al. 2023, eq. 5 with preservation concepts p ∈ P): train a LoRA so that
-the adapted model follows the frozen base θ pushed along c₋ → c₊,
+**Concept Sliders** (Gandikota et al. 2023, Sec. 3, the target with preservation concepts p ∈ P; seed 002):
+train a LoRA so that the adapted model follows the frozen base θ pushed along c₋ → c₊,
 
 .. math:: \varepsilon_{\theta^*}(x, c_t, t) \leftarrow \varepsilon_\theta(x, c_t, t)
    + \eta \sum_{p\in\mathcal P}\big(\varepsilon_\theta(x, (c_+, p), t) - \varepsilon_\theta(x, (c_-, p), t)\big),
@@ -51,7 +52,7 @@ from .eps import call_eps
 from .forward import l_simple, q_sample
 from .lora.inject import lora_disabled, lora_layers
 from .schedules import NoiseSchedule
-from .text import TextEncoder
+from .text import TextEncoder, empty_tokens
 from .train import _split_batch
 
 __all__ = ["ExtendedEmbedding", "ExtendedTokenizer", "TextConditioned", "add_token_embeddings",
@@ -121,7 +122,8 @@ def add_token_embeddings(encoder: TextEncoder, n: int = 1, init_ids: Sequence[in
     DreamBooth identifier whose embedding stays a fixed random vector. The rest of the encoder is frozen.
     """
     if not isinstance(encoder, TextEncoder):
-        raise TypeError(f"encoder must be a minidiff TextEncoder (e.g. clip.text_encoder), got {type(encoder).__name__}")
+        raise TypeError(f"encoder must be a minidiff TextEncoder (e.g. clip.text_encoder), "
+                        f"got {type(encoder).__name__}")
     if hasattr(encoder.token_embedding, "new_rows"):               # an ExtendedEmbedding already
         raise ValueError("this encoder already has new token rows; add all new words in one call")
     n = check_int(n, "n (new tokens)", 1)
@@ -144,7 +146,8 @@ class TextConditioned(nn.Module):
 
     cond: tokens (B, L) long, or a mapping with ``"tokens"`` (its other entries are passed on). The text
     encoder runs inside, so gradients reach its trainable rows (Textual Inversion). Both parts keep their
-    ``requires_grad``: freeze them (:func:`minidiff.freeze`) before adding the new rows.
+    ``requires_grad``: freeze them (:func:`minidiff.freeze`) before adding the new rows. ``null_cond`` is
+    the empty caption, so ``ClassifierFreeGuidance(model, w)`` guides on tokens (padded to max_len).
     """
 
     def __init__(self, eps_model: nn.Module, text_encoder: TextEncoder) -> None:
@@ -155,7 +158,13 @@ class TextConditioned(nn.Module):
             raise TypeError(f"text_encoder must be a minidiff TextEncoder, got {type(text_encoder).__name__}")
         self.eps_model, self.text_encoder = eps_model, text_encoder
 
+    @property
+    def null_cond(self) -> Tensor:
+        """The empty caption ``[bos, eos, pad…]`` (max_len,): the null condition for CFG on a tokens tensor."""
+        return empty_tokens(1, self.text_encoder.max_len, self.text_encoder.position_embedding.device)[0]
+
     def forward(self, x_t: Tensor, t: Tensor, cond: Any) -> Tensor:
+        """ε̂ (B, *shape) for x_t (B, *shape), t (B,) and cond = tokens (B, L) or {"tokens": (B, L), …}."""
         if isinstance(cond, Mapping):
             if "tokens" not in cond:
                 raise ValueError(f"cond must hold 'tokens' (B, L), got keys {sorted(cond)}")
@@ -223,8 +232,9 @@ def slider_target(model: nn.Module, x_t: Tensor, t: Tensor, cond: Any, plus: Any
     """The Concept-Slider target ε_θ(x, c_t, t) + η Σ_p (ε_θ(x, (c₊,p), t) − ε_θ(x, (c₋,p), t)), (B, *shape).
 
     θ is the frozen base: ``model`` with its LoRA layers switched off (:func:`minidiff.lora.lora_disabled`).
-    x_t: (B, *shape); t: (B,) step indices. cond: c_t; plus / minus: c₊ and c₋ — a condition, or equal-length lists, entry p being (c₊, p) / (c₋, p).
-    Conditions of batch 1 are repeated to B. All 1 + 2|P| evaluations run as one batched call.
+    x_t: (B, *shape); t: (B,) step indices. cond: c_t; plus / minus: c₊ and c₋ — a condition, or equal-length
+    lists whose entry p is (c₊, p) / (c₋, p). Conditions of batch 1 are repeated to B. All 1 + 2|P|
+    evaluations run as one batched call.
     """
     check_tensor(x_t, "x_t", floating=True, nonempty=True)
     eta = check_real(eta, "eta (η, the slider's guidance strength)")
@@ -233,14 +243,15 @@ def slider_target(model: nn.Module, x_t: Tensor, t: Tensor, cond: Any, plus: Any
         raise ValueError(f"plus and minus must pair up, one entry per preservation concept p, got {len(plus)} and "
                          f"{len(minus)}")
     b, k = x_t.shape[0], len(plus)
-    conds = [_batched(c, b, n, x_t.device) for c, n in [(cond, "cond"), *((c, f"plus[{i}]") for i, c in enumerate(plus)),
-                                             *((c, f"minus[{i}]") for i, c in enumerate(minus))]]
+    named = [("cond", cond), *((f"plus[{i}]", c) for i, c in enumerate(plus)),
+             *((f"minus[{i}]", c) for i, c in enumerate(minus))]
+    conds = [_batched(c, b, n, x_t.device) for n, c in named]          # [c_t, (c₊,p)…, (c₋,p)…]
     with lora_disabled(model):
         eps = call_eps(model, x_t.repeat(1 + 2 * k, *([1] * (x_t.ndim - 1))), t.repeat(1 + 2 * k),
                        cond_ops.cat(conds))
     eps = eps.reshape(1 + 2 * k, *x_t.shape)
     base, eps_plus, eps_minus = eps[0], eps[1:1 + k], eps[1 + k:]
-    return base + eta * (eps_plus - eps_minus).sum(0)       # Gandikota et al. eq. 5, summed over p ∈ P
+    return base + eta * (eps_plus - eps_minus).sum(0)       # Gandikota et al. Sec. 3, summed over p ∈ P
 
 
 def slider_loss(schedule: NoiseSchedule, cond: Any, plus: Any, minus: Any, eta: float = 1.0):

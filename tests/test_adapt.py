@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from minidiff import (
+    ClassifierFreeGuidance,
     NoiseSchedule,
     TextEncoder,
     UNet,
@@ -127,6 +128,11 @@ def test_textual_inversion_moves_only_the_new_row(generator):
     torch.testing.assert_close(out, unet(latents[:2], torch.tensor([5, 9]), {"context": encoder.features(tokens[:2])}))
     with pytest.raises(ValueError, match="'tokens'"):
         model(latents[:2], torch.tensor([5, 9]), {"context": torch.zeros(2, 8, 16)})
+    # classifier-free guidance on tokens: the null is the empty caption
+    cfg = ClassifierFreeGuidance(model, 2.0)
+    t2, empty = torch.tensor([5, 9]), tok.encode(["", ""])
+    want = 3 * model(latents[:2], t2, tokens[:2]) - 2 * model(latents[:2], t2, empty)
+    torch.testing.assert_close(cfg(latents[:2], t2, tokens[:2]), want, atol=1e-5, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------- DreamBooth
@@ -191,9 +197,10 @@ def test_slider_target_equals_its_formula(generator):
 
     def eps(c):                                                   # the frozen base θ, batch-1 prompts repeated
         return base(x, t, {"context": c["context"].expand(3, -1, -1)})
-    want = eps(ctx["target"]) + eta * sum(eps(p) - eps(m) for p, m in zip(plus, minus))   # Gandikota et al. eq. 5
+    want = eps(ctx["target"]) + eta * sum(eps(p) - eps(m) for p, m in zip(plus, minus))   # Gandikota et al. Sec. 3
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    assert (model(x, t, {"context": ctx["target"]["context"].expand(3, -1, -1)}) - eps(ctx["target"])).abs().max() > 1e-3
+    adapted = model(x, t, {"context": ctx["target"]["context"].expand(3, -1, -1)})
+    assert (adapted - eps(ctx["target"])).abs().max() > 1e-3                     # the LoRA was really off
     single = slider_target(model, x, t, ctx["target"], ctx["big_red"], ctx["small_red"], eta)   # one concept, no list
     torch.testing.assert_close(single, eps(ctx["target"]) + eta * (eps(ctx["big_red"]) - eps(ctx["small_red"])),
                                atol=1e-5, rtol=1e-5)

@@ -187,7 +187,8 @@ def inject_lora(model: nn.Module, target: Target, r: int = 4, alpha: float | Non
         d, k = _shape(m)
         if r > min(d, k):
             raise ValueError(f"r (LoRA rank) must be <= min(d, k) = {min(d, k)} for layer {p!r} ({_kind(m)} with "
-                             f"d={d}, k={k}), got r={r}; a rank that large is no longer low-rank (use full fine-tuning)")
+                             f"d={d}, k={k}), got r={r}; a rank that large is no longer low-rank (use full "
+                             "fine-tuning)")
         if isinstance(m, LoRALayer) and name in m.adapters:
             raise ValueError(f"adapter {name!r} is already injected in {p!r}: double injection; pass another "
                              "name= for a second adapter, or remove_lora(model, name) first")

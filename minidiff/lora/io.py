@@ -111,7 +111,8 @@ def _check_layer(model: nn.Module, candidates: dict[str, nn.Module], path: str, 
         got = tuple(tensors[key].shape)
         if got != want:
             raise ValueError(f"shape mismatch for {key!r}: {got} in the file but {want} in this model "
-                             f"(a {kind} with d, k = {_shape(module)}); the file was saved from a model of other shapes")
+                             f"(a {kind} with d, k = {_shape(module)}); the file was saved from a model of other "
+                             "shapes")
     if isinstance(module, LoRALayer):
         if module.merged:
             raise RuntimeError(f"layer {path!r} is merged: unmerge_lora(model) before loading")

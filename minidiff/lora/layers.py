@@ -48,7 +48,8 @@ def _check_name(name: Any) -> str:
         raise ValueError(f"adapter name must be a Python identifier (no '.' or spaces), e.g. 'default' or 'star', "
                          f"got {name!r}")
     if hasattr(nn.ParameterDict, name) or hasattr(nn.ModuleDict, name):
-        raise ValueError(f"adapter name {name!r} is reserved (a ParameterDict method); pick another, e.g. '{name}_lora'")
+        raise ValueError(f"adapter name {name!r} is reserved (a ParameterDict method); pick another, "
+                         f"e.g. '{name}_lora'")
     return name
 
 
@@ -225,7 +226,9 @@ class LoRALinear(LoRALayer):
 
 
 class LoRAConv2d(LoRALayer):
-    """``nn.Conv2d`` W₀ (c_out, c_in, k_h, k_w) + LoRA; d = c_out, k = c_in·k_h·k_w. x: (B, c_in, H, W) -> (B, c_out, H', W').
+    """``nn.Conv2d`` W₀ (c_out, c_in, k_h, k_w) + LoRA; d = c_out, k = c_in·k_h·k_w.
+
+    x: (B, c_in, H, W) -> (B, c_out, H', W').
 
     A is a conv c_in -> r with the base's kernel, stride, padding and dilation; B a 1×1 conv r -> c_out.
     Grouped convolutions are refused (their weight is not one d×k matrix).
