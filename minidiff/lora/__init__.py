@@ -18,24 +18,24 @@ In a notebook::
     save_lora(ld.unet, "star.safetensors")
 """
 from .diffusers_format import (
-                     diffusers_lora_config,
-                     diffusers_lora_state_dict,
-                     save_diffusers_lora,
+    diffusers_lora_config,
+    diffusers_lora_state_dict,
+    save_diffusers_lora,
 )
 from .inject import (
-                     LoRAReport,
-                     adapter_names,
-                     find_targets,
-                     inject_lora,
-                     lora_disabled,
-                     lora_layers,
-                     lora_parameters,
-                     lora_scales,
-                     merge_lora,
-                     remove_lora,
-                     set_lora_scale,
-                     trainable_parameter_count,
-                     unmerge_lora,
+    LoRAReport,
+    adapter_names,
+    find_targets,
+    inject_lora,
+    lora_disabled,
+    lora_layers,
+    lora_parameters,
+    lora_scales,
+    merge_lora,
+    remove_lora,
+    set_lora_scale,
+    trainable_parameter_count,
+    unmerge_lora,
 )
 from .io import load_lora, lora_state_dict, read_lora_metadata, save_lora
 from .layers import LoRAConv2d, LoRALayer, LoRALinear
