@@ -24,6 +24,8 @@ from .text import ImageEncoder, TextEncoder, TinyCLIP, clip_loss, clip_score, cl
 from .data.shapes import Scenes, WordTokenizer, make_scenes, plot_scenes
 from .tgdp import DensityRatioGuidance, MixtureDensityRatio
 from .bps import PowerSteering, Steered
+from .lora import (LoRAConv2d, LoRALinear, inject_lora, load_lora, lora_parameters, merge_lora, remove_lora, save_lora,
+                   set_lora_scale, trainable_parameter_count, unmerge_lora)
 from .latent import (Codec, DiagonalGaussian, DiffusersCodec, KLAutoencoder, LatentDiffusion, estimate_scaling_factor,
                      evaluate_autoencoder, train_autoencoder, vae_loss)
 from .report import md_table, stopwatch
@@ -31,7 +33,8 @@ from .shapes_eval import ShapesEvaluator, caption_accuracy, shapes_evaluator, sh
 
 __version__ = "0.1.0"
 __all__ = [
-    "md_table", "stopwatch", "PowerSteering", "Steered",
+    "md_table", "stopwatch", "PowerSteering", "Steered", "LoRAConv2d", "LoRALinear", "inject_lora", "load_lora",
+    "lora_parameters", "merge_lora", "remove_lora", "save_lora", "set_lora_scale", "trainable_parameter_count", "unmerge_lora",
     "default_device", "is_quick", "pick", "resolve_device", "seed_everything",
     "call_eps", "eps_to_score", "eps_to_x0", "score_to_eps", "x0_to_eps",
     "bits_per_dim", "discretized_gaussian_log_likelihood", "elbo_terms", "gaussian_kl",

@@ -59,7 +59,7 @@ def expected_l_simple(model, x0, cond, generator):
 # --------------------------------------------------------------------------- new words
 def test_extended_tokenizer():
     base = WordTokenizer(max_len=8)
-    tok = ExtendedTokenizer(["sks", "star"], max_len=8)
+    tok = ExtendedTokenizer(["sks", "zorp"], max_len=8)
     assert tok.new_ids == [base.vocab_size, base.vocab_size + 1] and tok.vocab_size == base.vocab_size + 2
     ids = tok.encode("a red sks")[0].tolist()
     assert ids[:4] == [tok.bos_id, tok.ids["a"], tok.ids["red"], tok.new_ids[0]]

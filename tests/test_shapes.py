@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from minidiff.data.shapes import (BASE_SHAPES, COLOURS, MAX_OBJECTS, NOVEL_SHAPES, RARE_TOKENS, RELATION_MARGIN, RELATIONS,
+from minidiff.data.shapes import (BASE_SHAPES, COLOURS, MAX_OBJECTS, NOVEL_SHAPES, RELATION_MARGIN, RELATIONS,
                                   SHAPES, SIZES, Scenes,
                                   WordTokenizer, colour_shape_pairs, make_scenes, parse_captions, plot_scenes,
                                   relation_of, shape_masks, vocabulary)
@@ -196,7 +196,7 @@ def test_tokenizer_round_trip_and_specials(scenes):
     assert tok.words == vocabulary() and tok.words[:3] == ("<pad>", "<bos>", "<eos>")
     assert len(set(tok.words)) == len(tok)
     every = {w for c in scenes.captions for w in c.split()}
-    assert every <= set(tok.words[3:]) and len(tok) == 3 + 2 + len(SIZES) + len(COLOURS) + len(SHAPES) + 5 + len(RARE_TOKENS)
+    assert every <= set(tok.words[3:]) and len(tok) == 3 + 2 + len(SIZES) + len(COLOURS) + len(SHAPES) + 5
 
 
 @pytest.mark.parametrize("caption, match", [

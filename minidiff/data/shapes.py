@@ -27,10 +27,10 @@ relation is clear-cut. Scenes violating a rule are redrawn (vectorised rejection
 
 **A shape the base world never shows.** ``SHAPES`` ends with a fifth kind, the star (``NOVEL_SHAPES``): scenes
 draw only the four ``BASE_SHAPES`` unless asked (``shapes=SHAPES`` or ``only_pairs=[("red", "star")]``), so a
-model trained on default scenes has never seen one — chapter 6 teaches it as a new concept. The words
-"star" and "sks" (DreamBooth's rare identifier) are in the tokenizer's vocabulary from the start, so adding
-the concept later changes no embedding table; no default caption uses them. The evaluator of
-:mod:`minidiff.shapes_eval` is trained on all five shapes.
+model trained on default scenes has never seen one — chapter 6 teaches it as a new concept. The word
+"star" is in the tokenizer's vocabulary from the start (no default caption uses it); new words such as
+DreamBooth's rare identifier "sks" are added with :class:`minidiff.adapt.ExtendedTokenizer`. The evaluator
+of :mod:`minidiff.shapes_eval` is trained on all five shapes.
 
 Everything is vectorised over scenes (a loop runs only over the ≤ 3 object slots) and seeded by a
 ``torch.Generator``: the same seed gives the same scenes. Held-out colour–shape pairs
@@ -53,13 +53,12 @@ from ..checks import check_int, check_real, check_tensor
 from ..config import resolve_device
 from ..text import BOS_ID, EOS_ID, PAD_ID
 
-__all__ = ["SHAPES", "BASE_SHAPES", "NOVEL_SHAPES", "RARE_TOKENS", "COLOURS", "SIZES", "RELATIONS", "MAX_OBJECTS", "Scenes", "make_scenes", "relation_of",
+__all__ = ["SHAPES", "BASE_SHAPES", "NOVEL_SHAPES", "COLOURS", "SIZES", "RELATIONS", "MAX_OBJECTS", "Scenes", "make_scenes", "relation_of",
            "captions_from_attributes", "parse_captions", "colour_shape_pairs", "vocabulary", "WordTokenizer",
            "plot_scenes"]
 
 SHAPES = ("circle", "square", "triangle", "cross", "star")
 BASE_SHAPES, NOVEL_SHAPES = SHAPES[:4], SHAPES[4:]   # default scenes draw the base shapes only (module docstring)
-RARE_TOKENS = ("sks",)                              # DreamBooth's identifier: in the vocabulary, in no default caption
 COLOURS = {                                    # RGB in [-1, 1]: every colour has a channel ≥ 0.9,
     "red": (1.0, -0.6, -0.6),                  # so it always differs from the dark background
     "green": (-0.6, 0.9, -0.6),
@@ -435,7 +434,7 @@ SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 def vocabulary() -> tuple[str, ...]:
     """Every token, by id: the specials (pad 0, bos 1, eos 2), then the grammar's words from id 3."""
     relation_words = dict.fromkeys(w for r in RELATIONS for w in r.split())
-    return SPECIAL_TOKENS + ("a", "and", *SIZES, *COLOURS, *SHAPES, *relation_words, *RARE_TOKENS)
+    return SPECIAL_TOKENS + ("a", "and", *SIZES, *COLOURS, *SHAPES, *relation_words)
 
 
 class WordTokenizer:
