@@ -14,6 +14,8 @@ model: fed t ∈ [0, 1], it would see the first step indices, i.e. almost no noi
 
 **The bridge** :class:`ContinuousTime` turns a discrete model into a continuous one: ``from_ddpm`` feeds the
 index t·T − 1, the step whose noise level the VP-SDE of :meth:`minidiff.sde.VPSDE.from_schedule` has at t.
+:class:`DiscreteTime` is the same bridge the other way round: a continuous-time model seen by chapter 2's DDPM /
+DDIM loops, index i ↦ t = (i + 1)/T, so ``DiscreteTime(ContinuousTime.from_ddpm(net))`` is ``net`` again.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from .cond import model_null
 from .eps import EpsModel, call_eps, eps_to_score
 
 __all__ = ["CLOCKS", "check_time", "time_grid", "model_clock", "check_continuous_model", "ContinuousTime",
-           "CountCalls", "score_fn"]
+           "DiscreteTime", "CountCalls", "score_fn"]
 
 CLOCKS = ("discrete", "continuous")
 Score = Callable[[Tensor, Tensor], Tensor]
@@ -148,6 +150,60 @@ class ContinuousTime(nn.Module):
     def forward(self, x: Tensor, t: Tensor | float, cond: Any = None) -> Tensor:
         t = check_time(t, x.shape[0]).to(device=x.device, dtype=x.dtype if x.is_floating_point() else None)
         return call_eps(self.net, x, self.index(t), cond)        # indices in the net's working precision
+
+
+class DiscreteTime(nn.Module):
+    """The inverse bridge: a continuous-time eps-model seen by the discrete samplers (chapter 2's DDPM / DDIM).
+
+    A step index i (the paper's step i + 1) is fed to the model as the continuous time t = (i + 1)/T — where the
+    VP-SDE of :meth:`minidiff.sde.VPSDE.from_schedule` has the noise level of step i (DESIGN.md, "two clocks, one
+    bridge"). It inverts :meth:`ContinuousTime.from_ddpm` (index = tT − 1), so
+    ``DiscreteTime(ContinuousTime.from_ddpm(net))(x, i) == net(x, i)``.
+    eps_model(x: (B, *shape), t: (B,) step indices in [0, T − 1] (integer or fractional), cond=None) -> (B, *shape).
+    Declares ``clock = "discrete"`` and ``num_timesteps = T`` (the samplers check it against the schedule), and
+    forwards the wrapped model's ``null_cond`` and ``num_classes`` like :class:`ContinuousTime`.
+    """
+
+    clock = "discrete"
+
+    def __init__(self, model: nn.Module | EpsModel, T: int = 1000) -> None:
+        super().__init__()
+        if not callable(model):
+            raise TypeError(f"model must be an eps-model (callable), got {type(model).__name__}")
+        if model_clock(model) == "discrete":
+            raise ValueError(f"{type(model).__name__} already runs on step indices [0, T); use it directly with "
+                             "the DDPM/DDIM samplers instead of wrapping it in DiscreteTime")
+        self.model = model
+        self.num_timesteps = check_int(T, "T", low=2, hint=" (the number of steps of the schedule to sample with)")
+
+    @property
+    def null_cond(self) -> Any:
+        """The wrapped model's null condition (:func:`minidiff.cond.model_null`)."""
+        return model_null(self.model)
+
+    @property
+    def num_classes(self) -> int | None:
+        return getattr(self.model, "num_classes", None)
+
+    def time(self, t: Tensor | float, batch: int | None = None) -> Tensor:
+        """Step indices (an int / float, or (B,)) in [0, T − 1] -> continuous times (i + 1)/T, float64 (B,)."""
+        if isinstance(t, bool) or (isinstance(t, Tensor) and t.dtype == torch.bool):
+            raise TypeError("t must hold step indices in [0, T), got a bool")
+        if not isinstance(t, Tensor):
+            check_real(t, "t", hint=" (a step index in [0, T))")
+        t = torch.as_tensor(t).double()
+        if t.ndim > 1 or (batch is not None and t.ndim == 1 and t.shape[0] != batch):
+            raise ValueError(f"t must be a step index or have shape (B,)=({batch},), got {tuple(t.shape)}")
+        T = self.num_timesteps
+        if t.numel() and (torch.isnan(t).any() or t.min() < 0 or t.max() > T - 1):
+            raise ValueError(f"t must be a step index in [0, T-1]=[0, {T - 1}], got min {float(t.min()):g} and max "
+                             f"{float(t.max()):g} (continuous times in [0, 1] go to the model itself, not to DiscreteTime)")
+        if batch is not None and t.ndim == 0:
+            t = t.expand(batch)
+        return (t + 1) / T
+
+    def forward(self, x: Tensor, t: Tensor | float, cond: Any = None) -> Tensor:
+        return call_eps(self.model, x, self.time(t, x.shape[0]).to(x.device), cond)
 
 
 class CountCalls:

@@ -30,7 +30,7 @@ def dsm_loss(sde: "SDE", weighting: str = "sigma2", t_eps: float = 1e-3) -> Loss
     x_t = m x_0 + s ε with t ~ U[t_eps, 1] (t_eps = 1e-3 avoids s → 0, where the score blows up);
     score error ‖s_θ − ∇log p_{0t}‖² = ‖ε_θ − ε‖²/s², weighted by λ(t):
     ``"sigma2"`` λ = s² ⇒ ‖ε − ε_θ‖² (DDPM's L_simple); ``"likelihood"`` λ = g² ⇒ (g²/s²)‖ε − ε_θ‖²
-    (Song, Durkan, Murray & Ermon 2021, "Maximum likelihood training": bounds the KL of the ODE's model).
+    (Song, Durkan, Murray & Ermon 2021, "Maximum likelihood training", Thm. 1: bounds the KL of the reverse-SDE model).
     Averaged over dimensions and batch. A batch is x_0: (B, *shape) or (x_0, cond). The model must run on
     the continuous clock (e.g. ``ContinuousTime(net)``): a discrete-time net is refused.
     """
