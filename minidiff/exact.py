@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .checks import check_int, check_real
 from .clock import check_time
 from .schedules import NoiseSchedule
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from .data.toys import GaussianMixture
     from .sde import SDE
 
-__all__ = ["noise_level", "MixtureEps", "MixtureConditionalEps", "MixturePosterior", "noised_mixture"]
+__all__ = ["noise_level", "MixtureEps", "MixtureConditionalEps", "MixturePosterior", "noised_mixture", "tilted_weights"]
 
 
 def _check_process(process: Any) -> Any:
@@ -177,3 +178,25 @@ def noised_mixture(gmm: "GaussianMixture", sde: "SDE", t: float) -> "GaussianMix
         raise ValueError(f"noised_mixture takes one time t (a float), got shape {tuple(t.shape)}")
     m, s = (float(v) for v in _check_process(sde).marginal_coeffs(t.reshape(())))
     return _check_gmm(gmm).marginal(m, s)
+
+
+def tilted_weights(gmm: "GaussianMixture", x: Tensor, label: int, scale: float) -> Tensor:
+    r"""Self-normalised importance weights of the *tilted* data density (chapter 4), for samples x ~ p:
+
+    .. math:: \pi_s(x) = \frac{p(x)\,p(y\mid x)^s}{Z_s},\qquad
+       w_i = \frac{\pi_s(x_i)/p(x_i)}{\sum_j \pi_s(x_j)/p(x_j)} = \frac{p(y\mid x_i)^s}{\sum_j p(y\mid x_j)^s},
+
+    p(y | x) the clean class posterior of the mixture (components = classes). π_s is what "classifier guidance
+    with scale s samples ∝ p(x) p(y|x)^s" would mean; Σ_i w_i f(x_i) estimates E_{π_s}[f] (consistent as
+    N → ∞), and 1 / Σ_i w_i² is the effective sample size. Computed in log space (stable for large s).
+
+    x: (N, D) samples of ``gmm``; label: the class y in [0, K); scale: s >= 0 -> (N,) float64, summing to 1.
+    """
+    gmm = _check_gmm(gmm)
+    _check_points(gmm, x, "x")
+    label = check_int(label, "label", 0, gmm.num_components - 1, hint=" (the class = mixture component to tilt towards)")
+    scale = check_real(scale, "scale", 0.0, hint=" (the tilt exponent s of p(y|x)^s)")
+    if x.shape[0] == 0:
+        raise ValueError("x must hold at least one sample (N >= 1), got N = 0")
+    log_post = gmm.class_log_posterior(x.double(), 1.0)[:, label]   # ᾱ = 1: the clean posterior log p(y | x)
+    return torch.softmax(scale * log_post, dim=0)                    # ∝ p(y | x_i)^s, normalised
