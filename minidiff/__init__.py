@@ -14,6 +14,7 @@ from .samplers import (DynamicThreshold, ddim_loop, ddim_step, ddim_timesteps, d
 from .schedules import NoiseSchedule
 from .sde import SDE, VESDE, VPSDE, ContinuousTime, SubVPSDE, dsm_loss, make_sde, sample_sde
 from .clock import DiscreteTime
+from .exact import tilted_weights
 from .ode import ode_log_likelihood, ode_loop
 from .flow import (EpsVelocity, FlowPath, MixtureVelocity, VelocityEps, eps_to_velocity, flow_loop, flow_matching_loss,
                    flow_sample, velocity_to_eps, velocity_to_x0, x0_to_velocity)
@@ -45,7 +46,7 @@ __all__ = [
     "DynamicThreshold", "ddim_loop", "ddim_step", "ddim_timesteps", "ddpm_loop", "ddpm_step", "dynamic_threshold",
     "sample",
     "NoiseSchedule",
-    "SDE", "VESDE", "VPSDE", "ContinuousTime", "DiscreteTime", "SubVPSDE", "dsm_loss", "make_sde", "sample_sde",
+    "SDE", "VESDE", "VPSDE", "ContinuousTime", "DiscreteTime", "tilted_weights", "SubVPSDE", "dsm_loss", "make_sde", "sample_sde",
     "ode_log_likelihood", "ode_loop",
     "EpsVelocity", "FlowPath", "MixtureVelocity", "VelocityEps", "eps_to_velocity", "flow_loop", "flow_matching_loss",
     "flow_sample", "velocity_to_eps", "velocity_to_x0", "x0_to_velocity",

@@ -16,7 +16,9 @@ One base class computes this; each method supplies log g:
 
 * **classifier guidance** (Dhariwal & Nichol 2021, "Diffusion Models Beat GANs", Sec. 4):
   g = p_φ(y | x_t, t), a classifier trained on noisy inputs (ADM eq. 14, Alg. 2;
-  :class:`ClassifierGuidance`). It samples (approximately) ∝ p(x) p(y|x)^s. For ancestral sampling
+  :class:`ClassifierGuidance`). Its score at each t is ∇log p_t(x) + s ∇log p_t(y|x); for s ∉ {0, 1} that is
+  *not* the score of the noised tilted density p(x) p(y|x)^s (noising does not commute with the power, chapter 4
+  §3.1 measures the gap), so s > 1 sharpens towards class y without sampling that density. For ancestral sampling
   this shifts DDPM's mean by s·β_t/√α_t·∇log p_φ, ADM Alg. 1's "μ + sΣg" up to β_t vs Σ = β̃_t and the
   factor 1/√α_t ≈ 1 (ADM evaluates g at x_t, not at μ; chapter 4 checks the Taylor step numerically);
 * **density-ratio guidance** (TGDP, chapter 8): g = the target/source density ratio.
@@ -309,8 +311,8 @@ class ClassifierGuidance(GradientGuidance):
         classifier: ``classifier(x_t, t) -> logits (B, K)`` on noisy inputs (log-probabilities work
             too: log_softmax leaves them unchanged). Put it in eval mode; it must treat examples
             independently (no BatchNorm in train mode).
-        scale: s >= 0. s = 0 returns the base model's ε; s = 1 targets p(x|y); s > 1 sharpens
-            towards ∝ p(x) p(y|x)^s.
+        scale: s >= 0. s = 0 returns the base model's ε; s = 1 targets p(x|y); s > 1 sharpens towards
+            class y (heuristically like p(x) p(y|x)^s, but it does not sample that density; chapter 4 §3.1).
         schedule, base_cond, null, keys: see :class:`GradientGuidance`.
 
     ``cond`` is labels (B,) in [0, K) (an int is broadcast), or a mapping with ``"label"`` (B,) whose
