@@ -25,10 +25,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import cond as cond_ops
-from .checks import check_int, check_real
+from .checks import check_choice, check_int, check_real
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import resolve_device, show_progress
-from .forward import l_simple
+from .eps import PREDICTIONS, call_eps, v_target
+from .forward import l_simple, noise_like, q_sample
 from .schedules import NoiseSchedule
 
 __all__ = ["EMA", "train", "fit", "diffusion_loss", "random_batches", "zip_batches", "move_batch",
@@ -243,8 +244,14 @@ def _split_batch(batch: Batch) -> tuple[Tensor, Any]:
 
 
 def diffusion_loss(schedule: NoiseSchedule, p_uncond: float = 0.0, null_label: int | None = None, *,
-                   null: cond_ops.NullSpec | None = None, keys: Sequence[str] = cond_ops.NULL_KEYS) -> LossFn:
+                   null: cond_ops.NullSpec | None = None, keys: Sequence[str] = cond_ops.NULL_KEYS,
+                   prediction: str = "eps") -> LossFn:
     """L_simple as a ``loss_fn`` (DDPM Alg. 1). A batch is x0 or (x0, cond); cond a label tensor or a mapping.
+
+    ``prediction`` says what the network outputs and is regressed on, with the same (t, ε) draws: ``"eps"``
+    (the noise, DDPM eq. 14), ``"x0"`` (the clean data) or ``"v"`` (the velocity √ᾱ ε − √(1−ᾱ) x_0, Salimans & Ho
+    2022, App. D; :func:`minidiff.eps.v_target`). Sample an x0- or v-model through
+    :class:`minidiff.eps.PredictionEps`, which turns it into an eps-model.
 
     With probability ``p_uncond`` each example's condition is replaced by the null condition (the
     condition dropout classifier-free guidance trains with, Ho & Salimans 2022 Alg. 1) through
@@ -260,6 +267,7 @@ def diffusion_loss(schedule: NoiseSchedule, p_uncond: float = 0.0, null_label: i
     null = null if null is not None else null_label
     if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
         raise TypeError(f"keys must be a sequence of condition names, e.g. ('label', 'context'), got {keys!r}")
+    prediction = check_choice(prediction, "prediction", PREDICTIONS)
 
     def loss_fn(model: nn.Module, batch: Batch, generator: torch.Generator) -> Tensor:
         x0, cond = _split_batch(batch)
@@ -270,9 +278,22 @@ def diffusion_loss(schedule: NoiseSchedule, p_uncond: float = 0.0, null_label: i
                                  "null_cond: pass diffusion_loss(..., null=...) (e.g. null=model.class_embed.null_label)")
             drop = torch.rand(x0.shape[0], generator=generator) < p_uncond
             cond = cond_ops.drop(cond, drop, spec, keys)
-        return l_simple(model, schedule, x0, cond=cond, generator=generator)
+        if prediction == "eps":
+            return l_simple(model, schedule, x0, cond=cond, generator=generator)
+        return _regression_loss(model, schedule, x0, cond, generator, prediction)
 
     return loss_fn
+
+
+def _regression_loss(model: nn.Module, schedule: NoiseSchedule, x0: Tensor, cond: Any, generator: torch.Generator,
+                     prediction: str) -> Tensor:
+    """‖target − model(x_t, t)‖² averaged, target x_0 or v; t and ε drawn in :func:`l_simple`'s order, so a
+    v-model and an ε-model trained with one seed see the very same (x_0, t, ε)."""
+    t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator).to(x0.device)
+    noise = noise_like(x0, None, generator)
+    x_t = q_sample(schedule, x0, t, noise)
+    target = x0 if prediction == "x0" else v_target(x0, noise, schedule.gather(schedule.alpha_bar, t, x0))
+    return (target - call_eps(model, x_t, t, cond)).pow(2).mean()
 
 
 # --------------------------------------------------------------------------- the loop
