@@ -5,6 +5,7 @@ The one contract: every model is an eps-model ``eps(x_t, t, cond=None) -> Tensor
 """
 from .config import default_device, is_quick, pick, resolve_device, seed_everything
 from .eps import call_eps, eps_to_score, eps_to_x0, score_to_eps, x0_to_eps
+from .eps import PREDICTIONS, PredictionEps, eps_to_v, v_target, v_to_eps, v_to_x0
 from .forward import (bits_per_dim, discretized_gaussian_log_likelihood, elbo_terms, gaussian_kl,
                       gaussian_log_likelihood, interpolated_variance, l_simple, l_t_weight, model_mean, model_variance,
                       posterior_mean_var, predicted_x0, q_sample, q_step)
@@ -46,7 +47,8 @@ __all__ = [
     "DynamicThreshold", "ddim_loop", "ddim_step", "ddim_timesteps", "ddpm_loop", "ddpm_step", "dynamic_threshold",
     "sample",
     "NoiseSchedule",
-    "SDE", "VESDE", "VPSDE", "ContinuousTime", "DiscreteTime", "tilted_weights", "SubVPSDE", "dsm_loss", "make_sde", "sample_sde",
+    "SDE", "VESDE", "VPSDE", "ContinuousTime", "DiscreteTime", "tilted_weights", "PREDICTIONS", "PredictionEps", "eps_to_v", "v_target",
+    "v_to_eps", "v_to_x0", "SubVPSDE", "dsm_loss", "make_sde", "sample_sde",
     "ode_log_likelihood", "ode_loop",
     "EpsVelocity", "FlowPath", "MixtureVelocity", "VelocityEps", "eps_to_velocity", "flow_loop", "flow_matching_loss",
     "flow_sample", "velocity_to_eps", "velocity_to_x0", "x0_to_velocity",
