@@ -53,7 +53,7 @@ from .forward import l_simple, q_sample
 from .lora.inject import lora_disabled, lora_layers
 from .schedules import NoiseSchedule
 from .text import TextEncoder, empty_tokens
-from .train import _split_batch
+from .train import split_batch
 
 __all__ = ["ExtendedEmbedding", "ExtendedTokenizer", "TextConditioned", "add_token_embeddings",
            "prior_preservation_loss", "slider_loss", "slider_target"]
@@ -200,8 +200,8 @@ def prior_preservation_loss(schedule: NoiseSchedule, prior_weight: float = 1.0):
             got = sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__
             raise ValueError(f"a DreamBooth batch is {{'instance': (z, cond), 'prior': (z', cond')}} (zip_batches("
                              f"instance=..., prior=...)), got {got}")
-        x_inst, c_inst = _split_batch(batch["instance"])
-        x_prior, c_prior = _split_batch(batch["prior"])
+        x_inst, c_inst = split_batch(batch["instance"])
+        x_prior, c_prior = split_batch(batch["prior"])
         instance = l_simple(model, schedule, x_inst, cond=c_inst, generator=generator)    # ‖ε − ε̂(z_t, c_inst)‖²
         prior = l_simple(model, schedule, x_prior, cond=c_prior, generator=generator)     # ‖ε' − ε̂(z'_t', c_class)‖²
         return instance + prior_weight * prior, {"instance": instance.detach(), "prior": prior.detach()}
@@ -272,7 +272,7 @@ def slider_loss(schedule: NoiseSchedule, cond: Any, plus: Any, minus: Any, eta: 
         if not lora_layers(model):
             raise ValueError("slider_loss trains a LoRA: inject_lora(model, ...) first (the frozen base gives the "
                              "target, the adapter learns it)")
-        x0, _ = _split_batch(batch)
+        x0, _ = split_batch(batch)
         t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator).to(x0.device)
         x_t = q_sample(schedule, x0, t, generator=generator)
         c = _batched(cond, x0.shape[0], "cond", x0.device)

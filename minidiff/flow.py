@@ -54,9 +54,9 @@ from .eps import EpsModel, call_eps, eps_to_score, score_to_eps
 from .exact import noise_level
 from .forward import noise_like
 from .ode import ode_step
-from .samplers import _check_shape, infer_device_dtype, run_loop
+from .samplers import check_shape, infer_device_dtype, run_loop
 from .sde import SDE
-from .train import LossFn, _split_batch
+from .train import LossFn, drop_conditions, split_batch
 
 if TYPE_CHECKING:
     from .data.toys import GaussianMixture
@@ -190,28 +190,16 @@ def flow_matching_loss(time_sampling: str = "uniform", *, logit_mean: float = 0.
 
     def loss_fn(model: nn.Module, batch: Any, generator: torch.Generator) -> Tensor:
         check_continuous_model(model, "flow_matching_loss")
-        x0, cond = _split_batch(batch)
+        x0, cond = split_batch(batch)
         check_tensor(x0, "x0", floating=True, min_ndim=2, nonempty=True)
         t = sample_flow_times(x0.shape[0], generator, time_sampling, logit_mean=logit_mean, logit_std=logit_std)
         noise = noise_like(x0, generator=generator)
-        cond = _drop_conditions(model, cond, p_uncond, null, keys, generator, x0.shape[0])
+        cond = drop_conditions(model, cond, p_uncond, null, keys, generator, x0.shape[0], "flow_matching_loss")
         t = t.to(device=x0.device, dtype=x0.dtype)
         v = call_eps(model, linear_path(x0, noise, t), t, cond)
         return (v - velocity_target(x0, noise)).pow(2).mean()
 
     return loss_fn
-
-
-def _drop_conditions(model: Any, cond: Any, p_uncond: float, null: Any, keys: Sequence[str],
-                     generator: torch.Generator, batch: int) -> Any:
-    """Condition dropout (Ho & Salimans 2022, Alg. 1) with the model's null condition unless ``null`` is given."""
-    if cond is None or p_uncond == 0:
-        return cond
-    spec = null if null is not None else cond_ops.model_null(model)
-    if spec is None:
-        raise ValueError(f"p_uncond={p_uncond} needs a null condition, and {type(model).__name__} has no null_cond: "
-                         "pass flow_matching_loss(..., null=...)")
-    return cond_ops.drop(cond, torch.rand(batch, generator=generator) < p_uncond, spec, keys)
 
 
 # ------------------------------------------------------------------------------ the path as an SDE
@@ -445,7 +433,7 @@ def flow_sample(velocity_model: VelocityModel, shape: tuple[int, ...], steps: in
     """Samples of ``shape`` (B, *data_shape) from a velocity model: x_T ~ N(0, I) (drawn in float32 on the CPU
     ``generator``, then cast and moved like :func:`minidiff.sample`), then :func:`flow_loop`. ``cond`` is checked
     to have batch B and moved. Returns x at ``t_end`` (and the list [x_T, x after each step])."""
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     dev, dtype = infer_device_dtype(velocity_model, x_T, device)
     if x_T is None:
         x_T = torch.randn(shape, generator=generator).to(device=dev, dtype=dtype)

@@ -47,7 +47,7 @@ from .eps import EpsModel, call_eps
 from .forward import VARIANCE_KINDS, noise_like
 from .schedules import NoiseSchedule
 
-__all__ = ["ddpm_step", "ddim_step", "ddim_timesteps", "ddpm_loop", "ddim_loop", "sample", "run_loop",
+__all__ = ["check_shape", "ddpm_step", "ddim_step", "ddim_timesteps", "ddpm_loop", "ddim_loop", "sample", "run_loop",
            "StepCoefficients", "ddpm_coefficients", "ddim_coefficients", "infer_device_dtype", "METHODS", "SPACINGS",
            "DynamicThreshold", "dynamic_threshold"]
 
@@ -437,7 +437,8 @@ def infer_device_dtype(eps_model: EpsModel, x_T: Tensor | None = None,
     return (resolve_device(device) if device is not None else dev), dtype
 
 
-def _check_shape(shape: Any) -> tuple[int, ...]:
+def check_shape(shape: Any) -> tuple[int, ...]:
+    """A sample shape (B, *data_shape): at least 2 positive ints, as a tuple; ValueError otherwise."""
     if isinstance(shape, torch.Size):
         shape = tuple(shape)
     if not isinstance(shape, (tuple, list)) or len(shape) < 2 or any(
@@ -476,7 +477,7 @@ def sample(eps_model: EpsModel, schedule: NoiseSchedule, shape: tuple[int, ...],
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     dev, dtype = infer_device_dtype(eps_model, x_T, device)
     if x_T is None:
         x_T = torch.randn(shape, generator=generator).to(device=dev, dtype=dtype)

@@ -32,7 +32,7 @@ from .eps import PREDICTIONS, call_eps, v_target
 from .forward import l_simple, noise_like, q_sample
 from .schedules import NoiseSchedule
 
-__all__ = ["EMA", "train", "fit", "diffusion_loss", "random_batches", "zip_batches", "move_batch",
+__all__ = ["EMA", "train", "fit", "diffusion_loss", "drop_conditions", "split_batch", "random_batches", "zip_batches", "move_batch",
            "set_train_modes", "save_checkpoint", "load_checkpoint"]
 
 Batch = Union[Tensor, tuple, Mapping[str, Any]]
@@ -234,13 +234,29 @@ def _read(data: Iterable, steps: int) -> Iterator[Batch]:
 
 
 # --------------------------------------------------------------------------- the diffusion loss
-def _split_batch(batch: Batch) -> tuple[Tensor, Any]:
+def split_batch(batch: Batch) -> tuple[Tensor, Any]:
+    """(x0, cond) of a diffusion batch: x0 alone (cond None), (x0,) or (x0, cond)."""
     if isinstance(batch, Tensor):
         return batch, None
     if isinstance(batch, (tuple, list)) and len(batch) in (1, 2):
         return batch[0], (batch[1] if len(batch) == 2 else None)
     kind = f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list)) else type(batch).__name__
     raise ValueError(f"a diffusion batch is x0 or (x0, cond), got {kind}")
+
+
+def drop_conditions(model: Any, cond: Any, p_uncond: float, null: cond_ops.NullSpec | None, keys: Sequence[str],
+                    generator: torch.Generator, batch: int, loss_name: str = "diffusion_loss") -> Any:
+    """Condition dropout (Ho & Salimans 2022, Alg. 1): each of the ``batch`` rows of ``cond`` is replaced by the
+    null condition with probability ``p_uncond`` (:func:`minidiff.cond.drop`, only the entries in ``keys``).
+    ``null`` defaults to the model's own (:func:`minidiff.cond.model_null`); one uniform draw per row from
+    ``generator``, none when ``cond`` is None or ``p_uncond`` is 0."""
+    if cond is None or p_uncond == 0:
+        return cond
+    spec = null if null is not None else cond_ops.model_null(model)
+    if spec is None:
+        raise ValueError(f"p_uncond={p_uncond} needs a null condition, and {type(model).__name__} has no null_cond: "
+                         f"pass {loss_name}(..., null=...) (e.g. null=model.class_embed.null_label)")
+    return cond_ops.drop(cond, torch.rand(batch, generator=generator) < p_uncond, spec, keys)
 
 
 def diffusion_loss(schedule: NoiseSchedule, p_uncond: float = 0.0, null_label: int | None = None, *,
@@ -270,14 +286,8 @@ def diffusion_loss(schedule: NoiseSchedule, p_uncond: float = 0.0, null_label: i
     prediction = check_choice(prediction, "prediction", PREDICTIONS)
 
     def loss_fn(model: nn.Module, batch: Batch, generator: torch.Generator) -> Tensor:
-        x0, cond = _split_batch(batch)
-        if cond is not None and p_uncond > 0:
-            spec = null if null is not None else cond_ops.model_null(model)
-            if spec is None:
-                raise ValueError(f"p_uncond={p_uncond} needs a null condition, and {type(model).__name__} has no "
-                                 "null_cond: pass diffusion_loss(..., null=...) (e.g. null=model.class_embed.null_label)")
-            drop = torch.rand(x0.shape[0], generator=generator) < p_uncond
-            cond = cond_ops.drop(cond, drop, spec, keys)
+        x0, cond = split_batch(batch)
+        cond = drop_conditions(model, cond, p_uncond, null, keys, generator, x0.shape[0])
         if prediction == "eps":
             return l_simple(model, schedule, x0, cond=cond, generator=generator)
         return _regression_loss(model, schedule, x0, cond, generator, prediction)
