@@ -67,11 +67,11 @@ from minidiff import (
 from minidiff.clock import ContinuousTime, CountCalls
 from minidiff.data import GaussianMixture
 from minidiff.flow import EpsVelocity, MixtureVelocity, flow_matching_loss, flow_sample
+from minidiff.metrics import MIXTURE_MMD_BANDWIDTHS as BANDWIDTHS
 from minidiff.metrics import mmd
 from minidiff.sde import VPSDE, sample_sde
 
 RING = GaussianMixture.ring()
-BANDWIDTHS = (0.1, 0.2, 0.4)
 NET = dict(dim=2, width=128, depth=3)
 
 

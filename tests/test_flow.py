@@ -30,12 +30,12 @@ from minidiff.flow import (
     velocity_to_x0,
     x0_to_velocity,
 )
+from minidiff.metrics import MIXTURE_MMD_BANDWIDTHS as BANDWIDTHS
 from minidiff.metrics import mmd
 from minidiff.ode import ode_log_likelihood, ode_loop
 from minidiff.sde import VESDE, VPSDE, SubVPSDE, sample_sde
 
 RING = GaussianMixture.ring()
-BANDWIDTHS = (0.1, 0.2, 0.4)
 
 
 class GaussianVelocity:
