@@ -24,7 +24,7 @@ from torch import Tensor
 from .checks import check_int, check_tensor
 from .data.shapes import BACKGROUND, COLOURS, Scenes
 
-__all__ = ["NUM_CLASSES", "colour_layout", "one_hot_layout", "read_layout", "mean_iou", "iou_per_class"]
+__all__ = ["NUM_CLASSES", "colour_layout", "iou_per_class", "mean_iou", "one_hot_layout", "read_layout"]
 
 NUM_CLASSES = 1 + len(COLOURS)                  # background + one class per colour
 

@@ -3,7 +3,14 @@ import pytest
 import torch
 
 from minidiff.data.shapes import COLOURS, make_scenes
-from minidiff.layout import NUM_CLASSES, colour_layout, iou_per_class, mean_iou, one_hot_layout, read_layout
+from minidiff.layout import (
+    NUM_CLASSES,
+    colour_layout,
+    iou_per_class,
+    mean_iou,
+    one_hot_layout,
+    read_layout,
+)
 
 
 def test_reading_a_rendered_scene_recovers_its_layout_exactly():
