@@ -1,4 +1,9 @@
-"""The course's trained text-to-image parts, built once and cached: chapter 5 trains them, 6, 7 and 10 reuse them.
+"""The course's trained models that several chapters share, built once and cached.
+
+**Chapter 2's digit DDPM** (:func:`digits_ddpm`): chapter 2 trains it for the linear and the cosine schedule,
+chapter 3 loads the linear one to sample it with SDE and ODE solvers — one recipe, one cache entry.
+
+**Chapter 5's text-to-image parts**: chapter 5 trains them, 6, 7 and 10 reuse them.
 
 Chapter 5 builds a mini Stable Diffusion on the shapes world — a KL autoencoder, a tiny CLIP and a
 cross-attention U-Net on latents. Later chapters adapt that *same* model (LoRA, DreamBooth, power steering),
@@ -20,23 +25,71 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .cache import load_or_train
+from .cache import load_or_train, load_or_train_logged
 from .checks import check_int, check_real
 from .config import pick
+from .data.digits import digits
 from .data.shapes import Scenes, WordTokenizer, make_scenes
 from .latent import KLAutoencoder, LatentDiffusion, train_autoencoder
 from .nets import UNet
+from .report import stopwatch
 from .schedules import NoiseSchedule
 from .text import TinyCLIP, clip_train_loss, freeze
-from .train import EMA, train
+from .train import EMA, diffusion_loss, fit, train
 
-__all__ = ["HELD_OUT_PAIRS", "TRAIN_SEED", "shapes_training_set", "shapes_autoencoder", "shapes_clip",
-           "shapes_latent_unet", "shapes_latent_diffusion", "text_to_image_config", "fingerprint"]
+__all__ = [
+    "DIGITS_UNET",
+    "HELD_OUT_PAIRS",
+    "TRAIN_SEED",
+    "digits_ddpm",
+    "digits_recipe",
+    "fingerprint",
+    "shapes_autoencoder",
+    "shapes_clip",
+    "shapes_latent_diffusion",
+    "shapes_latent_unet",
+    "shapes_training_set",
+    "text_to_image_config",
+]
 
 HELD_OUT_PAIRS = (("green", "triangle"), ("blue", "cross"), ("magenta", "circle"))   # never in the training scenes
 TRAIN_SEED = 0
 
 
+# --------------------------------------------------------------------------- chapter 2's digit DDPM
+DIGITS_UNET = {"image_size": 8, "base_channels": 16, "channel_mults": (1, 2), "num_res_blocks": 1}
+
+
+def digits_recipe(schedule: NoiseSchedule, steps: int | None = None) -> dict[str, Any]:
+    """The hyper-parameters of :func:`digits_ddpm` (the cache key, with the U-Net's config)."""
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
+    return {"data": "digits-train", "schedule": schedule.to_dict(), "loss": "L_simple",
+            "steps": pick(200, 6_000) if steps is None else check_int(steps, "steps", 1), "batch_size": 128,
+            "lr": 2e-3, "warmup": pick(20, 200), "ema_decay": 0.999, "seed": 0}
+
+
+def digits_ddpm(schedule: NoiseSchedule, steps: int | None = None) -> tuple[UNet, dict[str, Any]]:
+    """Chapter 2's digit model: ``UNet(**DIGITS_UNET)`` trained with L_simple (Ho et al. 2020, eq. 14) on the 8×8
+    training digits under ``schedule``, AdamW with warm-up, EMA weights (decay 0.999, diffusers' warm-up).
+    Returns (model in eval mode, log) with log = {"losses": [per step], "seconds": training time}, the same
+    whether it trained now or came from the cache."""
+    recipe = digits_recipe(schedule, steps)
+    torch.manual_seed(recipe["seed"])                     # the initial weights
+
+    def train_fn(net: UNet) -> dict[str, Any]:
+        x_train, _ = digits("train")
+        ema = EMA(net, decay=recipe["ema_decay"])
+        with stopwatch() as sw:
+            losses = fit(net, diffusion_loss(schedule), x_train, steps=recipe["steps"], batch_size=recipe["batch_size"],
+                         lr=recipe["lr"], warmup=recipe["warmup"], ema=ema, seed=recipe["seed"], desc="digits DDPM")
+        ema.copy_to(net)
+        return {"losses": losses, "seconds": sw.seconds}
+
+    return load_or_train_logged("digits-ddpm", recipe, UNet(**DIGITS_UNET), train_fn)
+
+
+# --------------------------------------------------------------------------- chapter 5's text-to-image parts
 def fingerprint(model: torch.nn.Module) -> str:
     """A short hash of a model's parameters and buffers: cache keys of models trained on top of it."""
     h = hashlib.sha256()

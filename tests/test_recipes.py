@@ -1,8 +1,20 @@
-"""minidiff.recipes: the chapter-5 parts later chapters reuse are deterministic, frozen and cached by config."""
+"""minidiff.recipes: the models later chapters reuse are deterministic, frozen and cached by config."""
+import pytest
 import torch
 
-from minidiff.recipes import (HELD_OUT_PAIRS, fingerprint, shapes_autoencoder, shapes_clip, shapes_latent_diffusion,
-                              shapes_training_set, text_to_image_config)
+from minidiff import NoiseSchedule, UNet
+from minidiff.recipes import (
+    DIGITS_UNET,
+    HELD_OUT_PAIRS,
+    digits_ddpm,
+    digits_recipe,
+    fingerprint,
+    shapes_autoencoder,
+    shapes_clip,
+    shapes_latent_diffusion,
+    shapes_training_set,
+    text_to_image_config,
+)
 
 
 def test_training_set_excludes_the_held_out_pairs_and_the_star():
@@ -34,3 +46,20 @@ def test_fingerprint_changes_with_the_weights():
     with torch.no_grad():
         a.weight[0, 0] += 1
     assert fingerprint(a) != before
+
+
+def test_digits_ddpm_is_shared_through_the_cache_with_its_loss_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIDIFF_CACHE", str(tmp_path))
+    linear = NoiseSchedule.linear(1000)
+    model, log = digits_ddpm(linear, steps=3)
+    assert isinstance(model, UNet) and not model.training and len(log["losses"]) == 3 and log["seconds"] > 0
+    again, log_again = digits_ddpm(NoiseSchedule.linear(1000), steps=3)          # chapter 3's call: read, not retrained
+    assert fingerprint(again) == fingerprint(model) and log_again == log
+    other, _ = digits_ddpm(NoiseSchedule.cosine(1000), steps=3)                 # another schedule, another entry
+    assert fingerprint(other) != fingerprint(model) and len(list(tmp_path.iterdir())) == 2
+    assert digits_recipe(linear, 3)["schedule"] != digits_recipe(NoiseSchedule.cosine(1000), 3)["schedule"]
+    assert UNet(**DIGITS_UNET).spatial_size == (8, 8)
+    with pytest.raises(TypeError, match="NoiseSchedule"):
+        digits_recipe("linear")
+    with pytest.raises(ValueError, match="steps"):
+        digits_ddpm(linear, steps=0)

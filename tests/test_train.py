@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from minidiff import EMA, NoiseSchedule, diffusion_loss, fit, train
-from minidiff.cache import cache_path, load_or_train
+from minidiff.cache import cache_path, load_or_train, load_or_train_logged
 from minidiff.data import GaussianMixture
 from minidiff.nets import MLPDenoiser
 from minidiff.samplers import sample
@@ -399,6 +399,26 @@ def test_conditional_training_learns_class_dependent_eps():
 
 
 # --------------------------------------------------------------------------- the cache
+def test_load_or_train_logged_keeps_the_training_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIDIFF_CACHE", str(tmp_path))
+    calls = []
+
+    def train_fn(m):
+        calls.append(1)
+        return {"losses": [1.0, 0.5], "seconds": 2.5}
+
+    _, log = load_or_train_logged("logged", {"a": 1}, _model(), train_fn)
+    again, log_again = load_or_train_logged("logged", {"a": 1}, _model(), train_fn)
+    assert len(calls) == 1 and log == log_again == {"losses": [1.0, 0.5], "seconds": 2.5}
+    assert not again.training
+    _, empty = load_or_train_logged("silent", {"a": 1}, _model(), lambda m: None)
+    assert empty == {}
+    _, uncached = load_or_train_logged("logged", {"a": 1}, _model(), train_fn, use_cache=False)
+    assert len(calls) == 2 and uncached["seconds"] == 2.5
+    with pytest.raises(TypeError, match="mapping"):
+        load_or_train_logged("bad", {"a": 1}, _model(), lambda m: [1.0])
+
+
 def test_load_or_train_caches_by_config(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIDIFF_CACHE", str(tmp_path))
     calls = []
