@@ -11,8 +11,12 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
+from minidiff.bps import MODES, mode_ports, port_weights
 from minidiff.eps import v_to_eps
+from minidiff.forward import q_sample
 from minidiff.guidance import ClassifierFreeGuidance
+from minidiff.lora import inject_lora, save_diffusers_lora
+from minidiff.nets.ports import capture
 from minidiff.samplers import ddim_timesteps
 from minidiff.sd import (
     DEFAULT_MODEL,
@@ -31,6 +35,9 @@ from minidiff.sd import (
     text_to_latents,
     tiny_pipeline,
 )
+from minidiff.sd.blend import blended_ddim_loop, blended_edit, latent_mask
+from minidiff.sd.steer import SDPorts, SDPowerSteering, add_sd_residuals
+from minidiff.sd.train import NoisedExamples, dreambooth_examples, train_sd
 
 PROMPTS = ["a red circle", "a photo of a sks dog"]
 
@@ -227,3 +234,241 @@ def test_prompt_batch_and_guidance_mismatches_are_refused(pipe, generator):
         eps(z, t, {"context": torch.randn(2, 16, 32), "c_add": torch.zeros(2, 1, 16, 16)})
     with pytest.raises(ValueError, match="needs a text context"):
         eps(z, t)
+
+
+# ------------------------------------------------------------------------------------ LoRA round trip
+ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def frozen_copy(pipe):
+    """An SDEps over a copy of the pipeline's U-Net (the module-wide pipeline stays untouched)."""
+    return SDEps(copy.deepcopy(pipe.unet), sd_schedule(pipe), "eps", null_context(pipe))
+
+
+def test_dreambooth_lora_trains_and_round_trips_through_diffusers_loader(pipe, tmp_path, generator):
+    accelerate = pytest.importorskip("accelerate")
+    eps = frozen_copy(pipe)
+    base_state = {k: v.clone() for k, v in eps.unet.state_dict().items()}
+    torch.manual_seed(0)
+    inject_lora(eps.unet, ATTN, r=2, alpha=4)
+    instance = torch.randn(2, 4, 8, 8, generator=generator)
+    prior = text_to_latents(pipe, ["a photo of a dog"] * 2, steps=3, guidance_scale=1.0, generator=generator)
+    examples = dreambooth_examples((instance, {"context": encode_prompts(pipe, ["a photo of a sks dog"] * 2)}),
+                                   (prior, {"context": encode_prompts(pipe, ["a photo of a dog"] * 2)}),
+                                   sd_schedule(pipe), num_items=12, prior_weight=0.5)
+    records = list(train_sd(eps, examples, steps=3, batch_size=4, lr=1e-2,
+                            accelerator=accelerate.Accelerator(cpu=True)))
+    assert [r["step"] for r in records] == [1, 2, 3] and all(r["loss"] > 0 for r in records)
+    b = [p for n, p in eps.unet.named_parameters() if "lora_B" in n]
+    assert b and all(p.abs().max() > 0 for p in b)                # trained from zero …
+    for name, value in eps.unet.state_dict().items():             # … while the base stayed as it was
+        if name in base_state:
+            assert torch.equal(value, base_state[name]), name
+    path = save_diffusers_lora(eps.unet, tmp_path / "sks.safetensors")
+    theirs = diffusers.StableDiffusionPipeline(**{**pipe.components, "unet": copy.deepcopy(pipe.unet)})
+    theirs.set_progress_bar_config(disable=True)
+    theirs.load_lora_weights(str(tmp_path), weight_name=path.name, adapter_name="sks")
+    x_T = torch.randn(2, 4, 8, 8, generator=generator)
+    want = their_latents(theirs, PROMPTS, x_T, num_inference_steps=6, guidance_scale=4.0)
+    ours = text_to_latents(pipe, PROMPTS, steps=6, guidance_scale=4.0, latents=x_T, eps_model=eps)
+    plain = text_to_latents(pipe, PROMPTS, steps=6, guidance_scale=4.0, latents=x_T)
+    assert (ours - plain).abs().max() > 1e-3                      # the adapter matters …
+    assert (ours - want).abs().max().item() < 1e-4                # … and diffusers applies it as we do
+
+
+def test_noised_examples_depend_on_the_item_only(pipe, generator):
+    z = torch.randn(3, 4, 8, 8, generator=generator)
+    ex = NoisedExamples([(z, {"context": torch.zeros(3, 16, 32)}, 1.0), (z[:1], {"context": torch.ones(1, 16, 32)}, 0.3)],
+                        sd_schedule(pipe), num_items=10, seed=4)
+    a, b = ex[5], ex[5]
+    assert torch.equal(a["noise"], b["noise"]) and torch.equal(a["t"], b["t"])
+    assert not torch.equal(ex[4]["noise"], ex[6]["noise"])
+    assert torch.equal(ex[4]["z0"], z[2]) and ex[5]["weight"].item() == pytest.approx(0.3)   # round robin
+    with pytest.raises(ValueError, match="reserved"):
+        NoisedExamples([(z, {"t": torch.zeros(3)}, 1.0)], sd_schedule(pipe), 4)
+    with pytest.raises(ValueError, match="weight"):
+        NoisedExamples([(z, {}, -1.0)], sd_schedule(pipe), 4)
+    with pytest.raises(ValueError, match="rows"):
+        NoisedExamples([(z, {"context": torch.zeros(2, 16, 32)}, 1.0)], sd_schedule(pipe), 4)
+
+
+def test_train_sd_refuses_a_short_stream_and_frozen_models(pipe, generator):
+    accelerate = pytest.importorskip("accelerate")
+    z = torch.randn(2, 4, 8, 8, generator=generator)
+    ex = NoisedExamples([(z, {"context": torch.zeros(2, 16, 32)}, 1.0)], sd_schedule(pipe), num_items=4)
+    with pytest.raises(ValueError, match="num_items=8"):
+        train_sd(frozen_copy(pipe), ex, steps=2, batch_size=4, accelerator=accelerate.Accelerator(cpu=True))
+    eps = frozen_copy(pipe).requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        train_sd(eps, ex, steps=1, batch_size=4, accelerator=accelerate.Accelerator(cpu=True))
+    with pytest.raises(ValueError, match="steps"):
+        train_sd(eps, ex, steps=0)
+
+
+# ------------------------------------------------------------------------------------ power steering
+def randomise(module, generator, std=0.1):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(std * torch.randn(p.shape, generator=generator))
+
+
+def steer_inputs(generator, batch=2):
+    return (torch.randn(batch, 4, 8, 8, generator=generator), torch.tensor([10, 600][:batch]),
+            torch.randn(batch, 16, 32, generator=generator), torch.rand(batch, 1, 16, 16, generator=generator))
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_bps_zero_init_equals_the_base_and_each_mode_steers_its_ports(pipe, generator, mode):
+    steer = SDPowerSteering(frozen_copy(pipe), mode, c_add_channels=1, unshuffle=2)
+    z, t, ctx, c_add = steer_inputs(generator)
+    with torch.no_grad():
+        base = steer.base(z, t, {"context": ctx})
+        assert torch.equal(steer(z, t, {"context": ctx, "c_add": c_add}), base)
+        randomise(steer.side, generator)
+        assert set(steer.residuals(z, t, {"context": ctx, "c_add": c_add})) == set(mode_ports(steer.ports, mode))
+        assert not torch.allclose(steer(z, t, {"context": ctx, "c_add": c_add}), base)
+        assert torch.equal(steer.base(z, t, {"context": ctx}), base)       # hooks gone: bit-identical again
+    unet = steer.base.unet
+    assert not unet._forward_hooks and not unet._forward_pre_hooks
+    assert all(not m._forward_hooks for m in unet.modules())
+
+
+def test_bps_middle_and_skip_ports_match_diffusers_controlnet_residuals(pipe, generator):
+    steer = SDPowerSteering(frozen_copy(pipe), "ME-D", weights="head-heavy", c_add_channels=1, unshuffle=2)
+    randomise(steer.side, generator)
+    z, t, ctx, c_add = steer_inputs(generator)
+    with torch.no_grad():
+        res = steer.residuals(z, t, {"context": ctx, "c_add": c_add})
+        skips = tuple(res[p] for p in steer.ports.skip_ports)
+        want = steer.base.unet(z, t, encoder_hidden_states=ctx, down_block_additional_residuals=skips,
+                               mid_block_additional_residual=res["mid"]).sample
+        torch.testing.assert_close(steer(z, t, {"context": ctx, "c_add": c_add}), want, rtol=0, atol=1e-5)
+
+
+def test_encoder_ports_change_the_encoder_and_decoder_ports_do_not(pipe, generator):
+    z, t, ctx, c_add = steer_inputs(generator)
+    feats = {}
+    for mode in ("E", "D"):
+        steer = SDPowerSteering(frozen_copy(pipe), mode, c_add_channels=1, unshuffle=2)
+        randomise(steer.side, generator)
+        with capture(steer.base.unet, ["down_blocks.1"]) as seen, torch.no_grad():
+            steer(z, t, {"context": ctx, "c_add": c_add})
+        feats[mode] = seen["down_blocks.1"][0]
+        with capture(steer.base.unet, ["down_blocks.1"]) as seen, torch.no_grad():
+            steer.base(z, t, {"context": ctx})
+        feats[mode + "-base"] = seen["down_blocks.1"][0]
+    assert not torch.allclose(feats["E"], feats["E-base"])
+    assert torch.equal(feats["D"], feats["D-base"])
+
+
+def test_sd15_layout_gives_bps_21_ports_and_head_heavy_weights():
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=16, block_out_channels=(8, 16, 16, 16), layers_per_block=2, cross_attention_dim=8,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, attention_head_dim=4, norm_num_groups=4)
+    ports = SDPorts(unet)
+    groups = {g: mode_ports(ports, g) for g in ("E", "M", "D", "E-D")}
+    assert [len(groups[g]) for g in ("E", "M", "D", "E-D")] == [8, 1, 12, 12]       # BPS.md: 8 + 1 + 12 (+ skips)
+    weights = port_weights(ports, groups["E"] + groups["M"] + groups["D"], "head-heavy")
+    assert [weights[p] for p in groups["E"]] == [16, 16, 8, 8, 4, 4, 2, 2]
+    assert weights["mid"] == 16 and {weights[p] for p in groups["D"]} == {1}
+    assert ports.port_shape("down.0.0") == (8, 16, 16) and ports.port_shape("mid") == (16, 2, 2)
+
+
+def test_cfg_on_a_steered_sd_keeps_c_add_in_both_halves(pipe, generator):
+    steer = SDPowerSteering.from_pipeline(pipe, "EMD", c_add_channels=1)
+    randomise(steer.side, generator)
+    z, t, ctx, c_add = steer_inputs(generator)
+    null = steer.null_cond["context"].expand(2, -1, -1)
+    with torch.no_grad():
+        guided = ClassifierFreeGuidance.from_guidance_scale(steer, 3.0)(z, t, {"context": ctx, "c_add": c_add})
+        cond = steer(z, t, {"context": ctx, "c_add": c_add})
+        uncond = steer(z, t, {"context": null, "c_add": c_add})
+    torch.testing.assert_close(guided, uncond + 3.0 * (cond - uncond), rtol=0, atol=1e-5)
+
+
+def test_bps_training_step_moves_only_the_side_network(pipe, generator):
+    accelerate = pytest.importorskip("accelerate")
+    steer = SDPowerSteering.from_pipeline(pipe, "ALL", weights="head-heavy", c_add_channels=1, width=8)
+    base = {k: v.clone() for k, v in steer.base.state_dict().items()}
+    side = {k: v.clone() for k, v in steer.side.state_dict().items()}
+    z, _, ctx, c_add = steer_inputs(generator)
+    ex = NoisedExamples([(z, {"context": ctx, "c_add": c_add}, 1.0)], sd_schedule(pipe), num_items=4)
+    records = list(train_sd(steer, ex, steps=2, batch_size=2, lr=1e-3, accelerator=accelerate.Accelerator(cpu=True)))
+    assert len(records) == 2
+    assert all(torch.equal(v, base[k]) for k, v in steer.base.state_dict().items())
+    assert any(not torch.equal(v, side[k]) for k, v in steer.side.state_dict().items())
+
+
+def test_bps_bad_inputs(pipe, generator):
+    eps = frozen_copy(pipe)
+    with pytest.raises(ValueError, match="the modes are"):
+        SDPowerSteering(eps, "EVERYWHERE", c_add_channels=1)
+    with pytest.raises(TypeError, match="c_add_channels"):
+        SDPowerSteering(eps, "ALL")
+    with pytest.raises(TypeError, match="SDEps"):
+        SDPowerSteering(pipe.unet, "ALL", c_add_channels=1)
+    with pytest.raises(ValueError, match="explicit weights"):
+        SDPowerSteering(eps, "M", weights={"up.0.0": 1.0}, c_add_channels=1)
+    steer = SDPowerSteering(eps, "M", c_add_channels=1, unshuffle=2)
+    z, t, ctx, _ = steer_inputs(generator)
+    with pytest.raises(ValueError, match="c_add must have shape"):
+        steer(z, t, {"context": ctx, "c_add": torch.rand(2, 1, 8, 8)})
+    with pytest.raises(ValueError, match="c_add"):
+        steer(z, t, {"context": ctx})
+    with pytest.raises(KeyError, match="unknown ports"):
+        add_sd_residuals(eps.unet, steer.ports, {"down.9.9": torch.zeros(1)})
+
+
+# ------------------------------------------------------------------------------------ blended edits
+def test_blended_edit_keeps_unmasked_latents_equal_to_the_renoised_source(pipe, generator):
+    source = torch.randn(1, 4, 8, 8, generator=generator)
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 2:6, 2:6] = 1
+    eps = ClassifierFreeGuidance.from_guidance_scale(SDEps.from_pipeline(pipe), 3.0)
+    cond = {"context": encode_prompts(pipe, "a blue square")}
+    schedule, options = sd_schedule(pipe), ddim_options(pipe)
+    x_T = torch.randn(1, 4, 8, 8, generator=generator)
+    states = list(blended_ddim_loop(eps, schedule, source, mask, steps=5, cond=cond, x_T=x_T,
+                                    generator=torch.Generator().manual_seed(9), **options))
+    replay = torch.Generator().manual_seed(9)                     # the loop's draws, in its order
+    ts = ddim_timesteps(1000, 5, "leading", 1)
+    for state, t_prev in zip(states, ts[1:] + [-1]):
+        want = source if t_prev < 0 else q_sample(schedule, source, t_prev, torch.randn(1, 4, 8, 8, generator=replay))
+        assert torch.equal(state["background"], want)
+        assert torch.equal(state["x"] * (1 - mask), want * (1 - mask))      # outside the mask: exactly the source
+        assert torch.equal(state["x"] * mask, state["foreground"] * mask)
+    assert torch.equal(states[-1]["x"] * (1 - mask), source * (1 - mask))
+    # a full mask is plain DDIM from the same start
+    full = list(blended_ddim_loop(eps, schedule, source, torch.ones(1, 1, 8, 8), steps=5, cond=cond, x_T=x_T,
+                                  **options))[-1]["x"]
+    plain = text_to_latents(pipe, "a blue square", steps=5, guidance_scale=3.0, latents=x_T)
+    torch.testing.assert_close(full, plain, rtol=0, atol=1e-5)
+
+
+def test_blended_edit_on_the_pipeline_and_latent_masks(pipe, generator):
+    image_mask = torch.zeros(1, 1, 16, 16)
+    image_mask[..., 3, 12] = 1                                    # one pixel -> its 2×2 cell
+    mask = latent_mask(image_mask, pipe.vae_scale_factor)
+    assert mask.shape == (1, 1, 8, 8) and mask.sum() == 1 and mask[0, 0, 1, 6] == 1
+    source = torch.randn(2, 4, 8, 8, generator=generator)
+    out = blended_edit(pipe, source, mask, "a red circle", steps=3, guidance_scale=2.0, generator=generator)
+    assert out.shape == source.shape
+    assert torch.equal(out * (1 - mask), source * (1 - mask)) and not torch.equal(out, source)
+    sdedit = blended_edit(pipe, source, mask, ["a red circle", "a cat"], steps=4, t_start=500, generator=generator)
+    assert torch.equal(sdedit * (1 - mask), source * (1 - mask))
+
+
+def test_blended_edit_bad_masks(pipe, generator):
+    source = torch.randn(1, 4, 8, 8, generator=generator)
+    with pytest.raises(ValueError, match="latent resolution"):
+        blended_edit(pipe, source, torch.ones(1, 1, 16, 16), "a cat", steps=2)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        blended_edit(pipe, source, 2 * torch.ones(1, 1, 8, 8), "a cat", steps=2)
+    with pytest.raises(ValueError, match="not divisible"):
+        latent_mask(torch.ones(15, 16), 2)
+    with pytest.raises(ValueError, match="one prompt or one per source"):
+        blended_edit(pipe, source, torch.ones(1, 1, 8, 8), ["a", "b"], steps=2)
+    with pytest.raises(ValueError, match="not both"):
+        blended_ddim_loop(SDEps.from_pipeline(pipe), sd_schedule(pipe), source, torch.ones(1, 1, 8, 8),
+                          x_T=source, t_start=10)
