@@ -10,6 +10,7 @@ minidiff's samplers and guidance, adapted with minidiff's LoRA and power steerin
 * :mod:`~minidiff.sd.blend`: blended latent diffusion (local edits that keep the background);
 * :mod:`~minidiff.sd.train`: a DreamBooth / LoRA / BPS training loop that runs unchanged under ``accelerate``.
 """
+from .blend import blended_ddim_loop, blended_edit, check_mask, latent_mask
 from .pipeline import (
            DEFAULT_MODEL,
            MODEL_ENV,
@@ -21,7 +22,9 @@ from .pipeline import (
 )
 from .prompts import check_prompts, encode_prompts, null_context, prompt_condition
 from .sample import decode_latents, latent_shape, text_to_latents
+from .steer import SDPorts, SDPowerSteering, add_sd_residuals
 from .tiny import WORDS, tiny_pipeline, tiny_unet_config, write_tiny_tokenizer
+from .train import NoisedExamples, dreambooth_examples, train_sd, weighted_eps_loss
 from .unet import SDEps, check_unet, ddim_options, prediction_of, sd_schedule
 
 __all__ = [
@@ -29,13 +32,22 @@ __all__ = [
            "MODEL_ENV",
            "SAFETY_NOTE",
            "WORDS",
+           "NoisedExamples",
            "SDEps",
+           "SDPorts",
+           "SDPowerSteering",
+           "add_sd_residuals",
+           "blended_ddim_loop",
+           "blended_edit",
+           "check_mask",
            "check_prompts",
            "check_unet",
            "ddim_options",
            "decode_latents",
            "default_model",
+           "dreambooth_examples",
            "encode_prompts",
+           "latent_mask",
            "latent_shape",
            "load_pipeline",
            "null_context",
@@ -47,5 +59,7 @@ __all__ = [
            "text_to_latents",
            "tiny_pipeline",
            "tiny_unet_config",
+           "train_sd",
+           "weighted_eps_loss",
            "write_tiny_tokenizer",
 ]

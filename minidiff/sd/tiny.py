@@ -140,7 +140,9 @@ def tiny_pipeline(seed: int = 0, path: str | os.PathLike | None = None, device: 
     """The tiny Stable Diffusion (module docstring): built with random weights from ``seed``, saved to ``path``
     (default: a fresh temporary folder) with ``save_pretrained``, and loaded back from it by
     :func:`~minidiff.sd.load_pipeline` under ``HF_HUB_OFFLINE=1`` — in float32 on ``device`` (default CPU).
-    The same seed gives the same weights on every call; the caller's global RNG is not touched."""
+    The same seed gives the same weights on every call; the caller's global RNG is not touched. Under
+    ``torch.distributed``, build it before the process group starts (or on rank 0 into a shared ``path``):
+    transformers' ``save_pretrained`` writes on rank 0 only."""
     from .pipeline import load_pipeline
 
     seed = check_int(seed, "seed", 0)
