@@ -172,7 +172,7 @@ class SDEps(nn.Module):
             raise ValueError(f"z_t must be latents (B, {self.unet.config.in_channels}, h, w), got {tuple(z_t.shape)}")
         context = self.context_of(cond, z_t.shape[0])
         t = self.schedule.check_t(t, batch=z_t.shape[0]).to(z_t.device)
-        dtype = self.unet.dtype
+        dtype = next(self.unet.parameters()).dtype      # not unet.dtype: diffusers walks every module for it
         out = self.unet(z_t.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample.to(z_t.dtype)
         if self.prediction == "eps":
             return out
