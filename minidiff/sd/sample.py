@@ -15,7 +15,7 @@ Given the same initial latents, this reproduces ``StableDiffusionPipeline(..., o
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -46,14 +46,17 @@ def latent_shape(pipe: Any, batch: int, height: int | None = None, width: int | 
 def text_to_latents(pipe: Any, prompts: str | Sequence[str], *, guidance_scale: float = 7.5, steps: int = 50,
                     eta: float = 0.0, negative: str | Sequence[str] | None = None, num_per_prompt: int = 1,
                     height: int | None = None, width: int | None = None, generator: torch.Generator | None = None,
-                    latents: Tensor | None = None, eps_model: Any = None, progress: bool = True) -> Tensor:
+                    latents: Tensor | None = None, eps_model: Any = None, extra_cond: Mapping[str, Tensor] | None = None,
+                    progress: bool = True) -> Tensor:
     """Latents (B, 4, h, w) for the prompts, sampled by minidiff's DDIM with classifier-free guidance.
 
     guidance_scale: diffusers' g >= 1 (1: no guidance, the unconditional half is skipped as diffusers does).
     latents: the start x_T (B, 4, h, w); default drawn from ``generator`` in float32 on the CPU (diffusers'
     ``randn_tensor`` draws the same numbers for a CPU generator and float32). eps_model: the eps-model to sample
     (default ``SDEps.from_pipeline(pipe)``; pass a LoRA-adapted or steered one — its condition must then be a
-    mapping whose "context" entry this function fills). B = len(prompts) · num_per_prompt.
+    mapping whose "context" entry this function fills). extra_cond: more condition entries with batch B, e.g.
+    ``{"c_add": edges}`` for a steered model; guidance nulls only the context, so they reach both halves.
+    B = len(prompts) · num_per_prompt.
     """
     g = check_guidance_scale(guidance_scale, "guidance_scale")
     if g < 1:
@@ -61,6 +64,11 @@ def text_to_latents(pipe: Any, prompts: str | Sequence[str], *, guidance_scale: 
     cond, null = prompt_condition(pipe, check_prompts(prompts), negative, num_per_prompt)
     model = SDEps.from_pipeline(pipe, null["context"]) if eps_model is None else eps_model
     shape = latent_shape(pipe, cond["context"].shape[0], height, width)
+    if extra_cond is not None:
+        if not isinstance(extra_cond, Mapping) or "context" in extra_cond:
+            raise ValueError("extra_cond must be a mapping of condition entries other than 'context' "
+                             f"(e.g. {{'c_add': edges}}), got {extra_cond!r:.80}")
+        cond = {**cond, **extra_cond}
     if latents is not None:
         check_tensor(latents, "latents", floating=True)
         if tuple(latents.shape) != shape:

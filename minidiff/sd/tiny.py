@@ -29,8 +29,9 @@ from ..checks import check_int
 __all__ = ["WORDS", "tiny_pipeline", "tiny_unet_config", "write_tiny_tokenizer"]
 
 #: words that are single tokens of the tiny tokenizer (captions of chapter 5's shapes world, DreamBooth's "sks")
-WORDS = ("a", "an", "photo", "of", "red", "green", "blue", "yellow", "circle", "square", "triangle", "small",
-         "large", "on", "the", "left", "right", "top", "bottom", "shape", "sks", "dog", "cat", "and")
+WORDS = ("a", "an", "the", "of", "and", "photo", "shape", "sks", "dog", "cat",
+         "red", "green", "blue", "yellow", "cyan", "magenta", "circle", "square", "triangle", "cross", "star",
+         "small", "large", "above", "below", "left", "right", "on", "top", "bottom")
 MAX_LEN = 16
 CONTEXT_DIM = 32
 
