@@ -480,3 +480,17 @@ def test_blended_edit_bad_masks(pipe, generator):
     with pytest.raises(ValueError, match="not both"):
         blended_ddim_loop(SDEps.from_pipeline(pipe), sd_schedule(pipe), source, torch.ones(1, 1, 8, 8),
                           x_T=source, t_start=10)
+
+
+def test_half_precision_pipeline_keeps_its_dtype_and_tracks_diffusers(pipe, generator):
+    half = copy.deepcopy(pipe).to(dtype=torch.bfloat16)           # bf16 runs on a CPU; fp16 is the CUDA default
+    x_T = torch.randn(2, 4, 8, 8, generator=generator).to(torch.bfloat16)
+    theirs = their_latents(half, PROMPTS, x_T, num_inference_steps=5, guidance_scale=4.0)
+    ours = text_to_latents(half, PROMPTS, steps=5, guidance_scale=4.0, latents=x_T)
+    assert ours.dtype == torch.bfloat16
+    assert (ours.float() - theirs.float()).abs().max() < 5e-2 * theirs.float().abs().max()   # 8-bit mantissas
+    steer = SDPowerSteering.from_pipeline(half, "EMD", c_add_channels=1)   # an fp32 side net on a bf16 U-Net
+    assert next(steer.side.parameters()).dtype == torch.float32
+    out = text_to_latents(half, PROMPTS, steps=2, latents=x_T, eps_model=steer,
+                          extra_cond={"c_add": torch.rand(2, 1, 16, 16, generator=generator)})
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()

@@ -186,7 +186,7 @@ class SDPowerSteering(Steered):
                                 "(the VAE factor, 8 for SD) unless c_add is already at the latent size")
             side_kwargs.setdefault("num_timesteps", base.num_timesteps)
             side = ConvSideNet(port_shapes(ports, chosen), side_kwargs.pop("c_add_channels"), grid=ports.spatial_size,
-                               **side_kwargs)
+                               **side_kwargs).to(next(base.unet.parameters()).device)   # float32, beside the U-Net
         elif side_kwargs:
             raise TypeError(f"side_kwargs {sorted(side_kwargs)} are for the default side network; pass them to yours")
         super().__init__(base, side, port_weights(ports, chosen, weights, scale))
@@ -205,6 +205,8 @@ class SDPowerSteering(Steered):
         return self
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
-        base_cond, _ = split_c_add(cond)
+        base_cond, c_add = split_c_add(cond)
+        side_dtype = next(self.side.parameters()).dtype      # an fp32 side net beside an fp16 U-Net: cast c_add
+        cond = {**cond, "c_add": c_add.to(side_dtype) if c_add.is_floating_point() else c_add}
         with add_sd_residuals(self.base.unet, self.ports, self.residuals(x_t, t, cond)):
             return self.base(x_t, t, base_cond)
