@@ -426,6 +426,9 @@ def test_bps_bad_inputs(pipe, generator):
         steer(z, t, {"context": ctx})
     with pytest.raises(KeyError, match="unknown ports"):
         add_sd_residuals(eps.unet, steer.ports, {"down.9.9": torch.zeros(1)})
+    with add_sd_residuals(eps.unet, steer.ports, {"mid": torch.zeros(2, 3, 4, 4)}), \
+            pytest.raises(ValueError, match=r"port 'mid' must have shape \(B, 64, 4, 4\)"):
+        eps(z, t, {"context": ctx})
 
 
 # ------------------------------------------------------------------------------------ blended edits

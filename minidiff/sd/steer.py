@@ -69,14 +69,19 @@ def _first_tensor(output: Any) -> Tensor:
     return output.sample
 
 
-def _add_to_output(residual: Tensor):
+def _add_to_output(port: str, residual: Tensor):
     """f(output) -> output with ``residual`` added to its feature tensor (keeps tuples / output objects)."""
     def add(output: Any) -> Any:
+        feature = _first_tensor(output)
+        if residual.shape[1:] != feature.shape[1:] or residual.shape[0] not in (1, feature.shape[0]):
+            raise ValueError(f"the residual for port {port!r} must have shape (B, {', '.join(map(str, feature.shape[1:]))})"
+                             f" = {tuple(feature.shape)}, got {tuple(residual.shape)}")
+        new = feature + residual.to(feature.dtype)
         if isinstance(output, Tensor):
-            return output + residual.to(output.dtype)
+            return new
         if isinstance(output, tuple):
-            return (output[0] + residual.to(output[0].dtype), *output[1:])
-        output.sample = output.sample + residual.to(output.sample.dtype)
+            return (new, *output[1:])
+        output.sample = new
         return output
     return add
 
@@ -139,7 +144,7 @@ def add_sd_residuals(unet: nn.Module, ports: SDPorts, residuals: Mapping[str, Te
     unknown = set(residuals) - set(ports.shapes)
     if unknown:
         raise KeyError(f"unknown ports {sorted(unknown)}; this U-Net has {list(ports.shapes)}")
-    hooks = add_residuals(unet, {ports.targets[p]: _add_to_output(r) for p, r in residuals.items()
+    hooks = add_residuals(unet, {ports.targets[p]: _add_to_output(p, r) for p, r in residuals.items()
                                  if not p.startswith("skip.")})
     skips = {p: r for p, r in residuals.items() if p.startswith("skip.")}
     if skips:
