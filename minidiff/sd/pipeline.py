@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..config import resolve_device
+from .unet import check_unet
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -88,7 +89,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
     model = default_model() if model is None else model
     if not isinstance(model, (str, os.PathLike)) or not str(model):
         raise TypeError(f"model must be a hub id or a folder path (str), got {type(model).__name__} {model!r}")
-    model = str(model)
+    model = str(Path(model).expanduser()) if str(model).startswith("~") else str(model)
     if not isinstance(safety_checker, bool):
         raise TypeError(f"safety_checker must be True or False, got {safety_checker!r}")
     if download is None:
@@ -109,10 +110,7 @@ def load_pipeline(model: str | os.PathLike | None = None, device: str | torch.de
         raise FileNotFoundError(f"could not load the Stable Diffusion checkpoint {model!r} {where}: "
                                 f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
                                 f"{_how_to_get(model if not is_folder else DEFAULT_MODEL)}") from err
-    from .unet import (
-        check_unet,  # SDXL-style U-Nets: a clear error here, not at sampling
-    )
-    check_unet(pipe.unet)
+    check_unet(pipe.unet)                              # SDXL-style U-Nets: a clear error here, not at sampling
     if not safety_checker and (index.get("safety_checker") or [None])[0] is not None:
         warnings.warn(SAFETY_NOTE, stacklevel=2)       # the checkpoint ships a checker that we dropped
     pipe.set_progress_bar_config(disable=True)
