@@ -497,3 +497,32 @@ def test_half_precision_pipeline_keeps_its_dtype_and_tracks_diffusers(pipe, gene
     out = text_to_latents(half, PROMPTS, steps=2, latents=x_T, eps_model=steer,
                           extra_cond={"c_add": torch.rand(2, 1, 16, 16, generator=generator)})
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_load_pipeline_drops_a_shipped_safety_checker_with_a_note(pipe, tmp_path, monkeypatch):
+    import json
+    import shutil
+    import warnings
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "sd"
+    pipe.save_pretrained(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["safety_checker"] == [None, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                           # no checker shipped: no note
+        plain = load_pipeline(folder)
+    assert plain.unet.dtype == torch.float32 and plain.safety_checker is None
+    index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]   # as SD 1.5 ships it
+    (folder / "model_index.json").write_text(json.dumps(index))
+    with pytest.warns(UserWarning, match="without its NSFW safety checker"):
+        loaded = load_pipeline(str(folder))
+    assert loaded.safety_checker is None
+    for a, b in zip(loaded.unet.parameters(), pipe.unet.parameters()):
+        assert torch.equal(a, b)
+    shutil.rmtree(folder / "unet")
+    with pytest.raises(FileNotFoundError, match="in the folder"):
+        load_pipeline(folder)
+    monkeypatch.setenv("MINIDIFF_SD_MODEL", str(tmp_path / "elsewhere" / "sd"))
+    with pytest.raises(FileNotFoundError, match="elsewhere"):
+        load_pipeline()
