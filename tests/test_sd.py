@@ -526,3 +526,24 @@ def test_load_pipeline_drops_a_shipped_safety_checker_with_a_note(pipe, tmp_path
     monkeypatch.setenv("MINIDIFF_SD_MODEL", str(tmp_path / "elsewhere" / "sd"))
     with pytest.raises(FileNotFoundError, match="elsewhere"):
         load_pipeline()
+
+
+def test_more_bad_arguments_name_themselves(pipe, generator):
+    with pytest.raises(ValueError, match="latent_size"):
+        SDPorts(pipe.unet, latent_size=(8,))
+    with pytest.raises(ValueError, match=r"latent_size\[0\]"):
+        SDPorts(pipe.unet, latent_size=0)
+    with pytest.raises(ValueError, match="factor"):
+        latent_mask(torch.ones(16, 16), 0)
+    with pytest.raises(ValueError, match="num_items"):
+        NoisedExamples([(torch.zeros(1, 4, 8, 8), {}, 1.0)], sd_schedule(pipe), 0)
+    with pytest.raises(ValueError, match="steps"):
+        text_to_latents(pipe, "a cat", steps=0)
+    with pytest.raises(ValueError, match="steps"):
+        blended_edit(pipe, torch.zeros(1, 4, 8, 8), torch.ones(1, 1, 8, 8), "a cat", steps=2000)
+    with pytest.raises(ValueError, match="num_per_prompt"):
+        prompt_condition(pipe, "a cat", num_per_prompt=0)
+    with pytest.raises(TypeError, match="schedule must be a NoiseSchedule"):
+        SDEps(pipe.unet, "scaled_linear")
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        SDEps(pipe.unet, sd_schedule(pipe), "velocity")
