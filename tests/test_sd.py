@@ -547,3 +547,23 @@ def test_more_bad_arguments_name_themselves(pipe, generator):
         SDEps(pipe.unet, "scaled_linear")
     with pytest.raises(ValueError, match="prediction must be one of"):
         SDEps(pipe.unet, sd_schedule(pipe), "velocity")
+
+
+def test_fractional_steps_drive_sd_through_the_continuous_time_bridge(pipe, generator):
+    from minidiff import VPSDE, ContinuousTime, ode_loop
+    from minidiff.samplers import run_loop
+    scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, beta_schedule="linear",
+                                                    beta_start=1e-4, beta_end=0.02)
+    linear = diffusers.StableDiffusionPipeline(**{**pipe.components, "scheduler": scheduler})
+    eps = SDEps.from_pipeline(linear)
+    z, ctx = torch.randn(2, 4, 8, 8, generator=generator), encode_prompts(pipe, PROMPTS)
+    with torch.no_grad():                                          # an integer-valued float t is the same step
+        assert torch.equal(eps(z, torch.tensor([5.0, 700.0]), ctx), eps(z, torch.tensor([5, 700]), ctx))
+        between = eps(z, torch.tensor([5.5, 700.5]), ctx)
+        assert not torch.equal(between, eps(z, torch.tensor([5, 700]), ctx))
+    with pytest.raises(ValueError, match="step index"):
+        eps(z, torch.tensor([-1.0, 2.0]), ctx)
+    guided = ClassifierFreeGuidance.from_guidance_scale(ContinuousTime.from_ddpm(eps), 3.0)
+    sde = VPSDE.from_schedule(eps.schedule)                         # chapter 3's PF-ODE on SD's U-Net
+    x = run_loop(ode_loop(guided, sde, z, steps=4, method="euler", cond={"context": ctx}, progress=False), z)
+    assert x.shape == z.shape and torch.isfinite(x).all()

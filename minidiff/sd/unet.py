@@ -6,7 +6,9 @@ minidiff's contract is ``eps_model(x_t, t, cond)``. :class:`SDEps` is the whole 
 cross-attention, and the output is ε. Because the condition is a mapping with a ``"context"`` entry and the
 adapter announces its null condition (the empty prompt's context), minidiff's DDPM / DDIM samplers and
 :class:`~minidiff.guidance.ClassifierFreeGuidance` drive Stable Diffusion unchanged — the same code that
-sampled chapter 5's mini Stable Diffusion.
+sampled chapter 5's mini Stable Diffusion. Fractional (float) steps are accepted too, so chapter 3's
+``ContinuousTime.from_ddpm`` bridge and PF-ODE solvers run on it (given a VP-SDE for its schedule: minidiff's
+``VPSDE.from_schedule`` covers linear β schedules only, not SD's ``scaled_linear``).
 
 **What the U-Net predicts.** SD 1.x predicts ε; SD 2.x's 768-px checkpoints predict the velocity
 :math:`v = \sqrt{\bar\alpha_t}\,\varepsilon - \sqrt{1-\bar\alpha_t}\,x_0` (Salimans & Ho 2022, App. D), which
@@ -167,17 +169,26 @@ class SDEps(nn.Module):
         return context
 
     def forward(self, z_t: Tensor, t: Tensor, cond: Any = None) -> Tensor:
+        """z_t (B, 4, h, w); t (B,) step indices in [0, T) — long, or float for fractional steps (chapter 3's
+        continuous-time bridge, ``ContinuousTime.from_ddpm``; the U-Net embeds any real t); cond as above."""
         check_tensor(z_t, "z_t", floating=True)
         if z_t.ndim != 4 or z_t.shape[1] != self.unet.config.in_channels:
             raise ValueError(f"z_t must be latents (B, {self.unet.config.in_channels}, h, w), got {tuple(z_t.shape)}")
-        context = self.context_of(cond, z_t.shape[0])
-        t = self.schedule.check_t(t, batch=z_t.shape[0]).to(z_t.device)
+        batch = z_t.shape[0]
+        context = self.context_of(cond, batch)
+        fractional = isinstance(t, Tensor) and t.is_floating_point()
+        if fractional:
+            alpha_bar = self.schedule.alpha_bar_at(t, batch)      # checks t in [0, T−1]; ᾱ interpolated in log
+            t = t.expand(batch).to(z_t.device)
+        else:
+            t = self.schedule.check_t(t, batch=batch).to(z_t.device)
         dtype = next(self.unet.parameters()).dtype      # not unet.dtype: diffusers walks every module for it
         out = self.unet(z_t.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample.to(z_t.dtype)
         if self.prediction == "eps":
             return out
-        alpha_bar = self.schedule.gather(self.schedule.alpha_bar, t, z_t)
+        if fractional:
+            alpha_bar = alpha_bar.to(z_t).reshape(-1, 1, 1, 1)
+        else:
+            alpha_bar = self.schedule.gather(self.schedule.alpha_bar, t, z_t)
         # SD 2.x: ε = √(1−ᾱ) z_t + √ᾱ v (Salimans & Ho 2022, App. D), minidiff.eps' one home for it
         return v_to_eps(z_t, out, alpha_bar) if self.prediction == "v" else x0_to_eps(z_t, out, alpha_bar)
-
-
