@@ -567,3 +567,21 @@ def test_fractional_steps_drive_sd_through_the_continuous_time_bridge(pipe, gene
     sde = VPSDE.from_schedule(eps.schedule)                         # chapter 3's PF-ODE on SD's U-Net
     x = run_loop(ode_loop(guided, sde, z, steps=4, method="euler", cond={"context": ctx}, progress=False), z)
     assert x.shape == z.shape and torch.isfinite(x).all()
+
+
+def test_train_sd_restores_the_forward_that_mixed_precision_wraps(pipe, generator):
+    accelerate = pytest.importorskip("accelerate")
+    eps = frozen_copy(pipe)
+    inject_lora(eps.unet, ATTN, r=2)
+    forward = eps.forward
+    z = torch.randn(2, 4, 8, 8, generator=generator)
+    ex = NoisedExamples([(z, {"context": torch.zeros(2, 16, 32)}, 1.0)], sd_schedule(pipe), num_items=2)
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)        # the state is a process-wide singleton
+    try:
+        acc = accelerate.Accelerator(cpu=True, mixed_precision="bf16")
+        records = list(train_sd(eps, ex, steps=1, batch_size=2, accelerator=acc))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert len(records) == 1 and "_original_forward" not in eps.__dict__
+    assert eps.forward == forward and not eps.training

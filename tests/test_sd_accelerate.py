@@ -71,9 +71,11 @@ def test_two_gloo_processes_match_one_process_with_the_doubled_batch(tmp_path):
     assert single["first_t"] == ranks[0]["first_t"] + ranks[1]["first_t"]   # one batch = the two shards
     assert single["losses"] == pytest.approx(ranks[0]["losses"], rel=1e-5)
     moved = max(v.abs().max().item() for n, v in single["lora"].items() if "lora_B" in n)
-    assert moved > 1e-3                                                    # the LoRA did train
+    assert moved > 1e-2                                                    # the LoRA did train (3 steps of lr 1e-2)
+    # Float tolerance for AdamW: its step lr·m/√v normalises the gradient, so where a gradient is ~0 the reduction
+    # order's rounding (DDP all-reduce vs one batch) can move an entry by a visible fraction of lr; 1e-4 = 1 % of lr.
     for name, value in single["lora"].items():
-        torch.testing.assert_close(ranks[0]["lora"][name], value, rtol=1e-3, atol=1e-5)   # AdamW steps are ~1e-2
+        torch.testing.assert_close(ranks[0]["lora"][name], value, rtol=1e-3, atol=1e-4)
 
 
 def main(out: str) -> None:

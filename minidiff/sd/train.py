@@ -123,7 +123,8 @@ def train_sd(model: nn.Module, examples: NoisedExamples, *, steps: int, batch_si
     accelerator: an ``accelerate.Accelerator`` (default ``Accelerator()``: the device, process group, mixed
     precision and gradient accumulation of the launch). Each process reads ``batch_size`` examples per micro-step,
     consecutive slices of the stream; ``examples`` must hold steps × batch_size × processes × accumulation items.
-    The model is unwrapped and left in eval mode at the end.
+    At the end (or on an error) the model's ``forward`` is restored (mixed precision wraps it in autocast) and the
+    model is left in eval mode; it stays on the accelerator's device.
     """
     from accelerate import Accelerator
 
@@ -167,4 +168,5 @@ def _loop(acc: Any, wrapped: nn.Module, model: nn.Module, opt: Any, loader: Data
                 step += 1
                 yield {"step": step, "loss": float(acc.reduce(loss.detach(), "mean"))}
     finally:
+        acc.unwrap_model(wrapped, keep_fp32_wrapper=False)   # mixed precision wrapped model.forward in autocast: undo
         model.eval()
