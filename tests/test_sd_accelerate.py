@@ -54,6 +54,7 @@ def run_training(folder: Path, batch_size: int, make_accelerator) -> dict:
     return {"lora": lora_state_dict(eps.unet), "first_t": first, "losses": losses}
 
 
+@pytest.mark.slow                                   # ~30 s: two fresh processes import diffusers and build the pipeline
 def test_two_gloo_processes_match_one_process_with_the_doubled_batch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
