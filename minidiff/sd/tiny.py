@@ -13,8 +13,10 @@ latents 4×8×8 (VAE factor f = 2), the context (B, 16, 32).
 from __future__ import annotations
 
 import itertools
+import atexit
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -139,7 +141,7 @@ def _hub_offline() -> Iterator[None]:
 
 def tiny_pipeline(seed: int = 0, path: str | os.PathLike | None = None, device: str | torch.device | None = None) -> Any:
     """The tiny Stable Diffusion (module docstring): built with random weights from ``seed``, saved to ``path``
-    (default: a fresh temporary folder) with ``save_pretrained``, and loaded back from it by
+    (default: a fresh temporary folder, removed at exit) with ``save_pretrained``, and loaded back from it by
     :func:`~minidiff.sd.load_pipeline` under ``HF_HUB_OFFLINE=1`` — in float32 on ``device`` (default CPU).
     The same seed gives the same weights on every call; the caller's global RNG is not touched. Under
     ``torch.distributed``, build it before the process group starts (or on rank 0 into a shared ``path``):
@@ -147,7 +149,11 @@ def tiny_pipeline(seed: int = 0, path: str | os.PathLike | None = None, device: 
     from .pipeline import load_pipeline
 
     seed = check_int(seed, "seed", 0)
-    folder = Path(tempfile.mkdtemp(prefix="minidiff-tiny-sd-") if path is None else path)
+    if path is None:
+        folder = Path(tempfile.mkdtemp(prefix="minidiff-tiny-sd-"))
+        atexit.register(shutil.rmtree, folder, True)     # a temporary stand-in leaves nothing behind
+    else:
+        folder = Path(path)
     pipe = _build(seed, folder)
     pipe.save_pretrained(folder / "pipeline")
     with _hub_offline():
