@@ -12,8 +12,8 @@ latents 4×8×8 (VAE factor f = 2), the context (B, 16, 32).
 """
 from __future__ import annotations
 
-import itertools
 import atexit
+import itertools
 import json
 import os
 import shutil
