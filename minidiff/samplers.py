@@ -388,16 +388,18 @@ def ddpm_loop(eps_model: EpsModel, schedule: NoiseSchedule, x_T: Tensor, cond: A
 def ddim_loop(eps_model: EpsModel, schedule: NoiseSchedule, x_T: Tensor, steps: int = 50, eta: float = 0.0,
               cond: Any = None, generator: torch.Generator | None = None, spacing: str = "leading",
               final_alpha_bar: float = 1.0, clip_x0: float | None = None, t_start: int | None = None,
-              progress: bool = True, dynamic_threshold: float | DynamicThreshold | None = None
-              ) -> Iterator[dict[str, Any]]:
+              progress: bool = True, dynamic_threshold: float | DynamicThreshold | None = None,
+              steps_offset: int = 0) -> Iterator[dict[str, Any]]:
     """DDIM sampling with ``steps`` model calls on τ = :func:`ddim_timesteps` (each τ_i steps to the next
     entry, the last to x_0 with ᾱ = ``final_alpha_bar``); yields ``{"t", "x": x_{t_prev}, "x0"}`` per step.
+    ``spacing`` and ``steps_offset`` build τ as diffusers' ``timestep_spacing`` / ``steps_offset`` do (Stable
+    Diffusion's scheduler uses "leading" with offset 1: τ = 981, 961, …, 1 for 50 steps).
 
     t_start: x_T is a noised x_{t_start}; the loop visits t_start and then the sub-sequence's
     indices below it (SDEdit / img2img), so it makes fewer than ``steps`` calls. Arguments are checked
     when called; each step is :func:`ddim_step`'s arithmetic with precomputed coefficients."""
     _start(eps_model, schedule, x_T)
-    ts = ddim_timesteps(schedule.T, steps, spacing)
+    ts = ddim_timesteps(schedule.T, steps, spacing, steps_offset)
     if t_start is not None:
         t_start = _check_t_start(schedule, t_start)
         ts = [t_start] + [t for t in ts if t < t_start]
@@ -472,7 +474,7 @@ def sample(eps_model: EpsModel, schedule: NoiseSchedule, shape: tuple[int, ...],
     tensor or a mapping, see :mod:`minidiff.cond`) is checked to have batch B and moved to the device,
     its floating entries cast to the dtype; other condition objects are passed through unchanged.
     Returns x_0 (and, with ``return_trajectory``, the list [x_T, x after each step]).
-    loop_kwargs go to the loop: ``variance`` (DDPM), ``spacing`` and ``final_alpha_bar`` (DDIM),
+    loop_kwargs go to the loop: ``variance`` (DDPM), ``spacing``, ``steps_offset`` and ``final_alpha_bar`` (DDIM),
     ``clip_x0``, ``dynamic_threshold`` and ``t_start`` (both).
     """
     if method not in METHODS:
