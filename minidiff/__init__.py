@@ -33,9 +33,11 @@ from .latent import (Codec, DiagonalGaussian, DiffusersCodec, KLAutoencoder, Lat
                      evaluate_autoencoder, train_autoencoder, vae_loss)
 from .report import md_table, stopwatch
 from .shapes_eval import ShapesEvaluator, caption_accuracy, shapes_evaluator, shapes_frechet
+from .sd import SDEps, SDPowerSteering, blended_edit, load_pipeline, text_to_latents, tiny_pipeline
 
 __version__ = "0.1.0"
 __all__ = [
+    "SDEps", "SDPowerSteering", "blended_edit", "load_pipeline", "text_to_latents", "tiny_pipeline",
     "md_table", "stopwatch", "PowerSteering", "Steered", "LoRAConv2d", "LoRALinear", "inject_lora", "load_lora",
     "lora_parameters", "merge_lora", "remove_lora", "save_lora", "set_lora_scale", "trainable_parameter_count", "unmerge_lora",
     "default_device", "is_quick", "pick", "resolve_device", "seed_everything",
