@@ -34,6 +34,7 @@ from minidiff.lora import (
     trainable_parameter_count,
     unmerge_lora,
 )
+from minidiff.sd import tiny_pipeline, tiny_unet_config
 
 ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -388,33 +389,16 @@ def test_load_errors(tmp_path, generator):
 
 # --------------------------------------------------------------------------- diffusers
 def tiny_sd_unet(seed: int = 0):
+    """chapter 10's tiny SD U-Net (minidiff.sd.tiny_unet_config) with weights from ``seed``."""
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(seed)
-    return diffusers.UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8).eval()
+    return diffusers.UNet2DConditionModel(**tiny_unet_config()).eval()
 
 
 def tiny_sd_pipeline(unet, tmp_path):
-    """A StableDiffusionPipeline of tiny parts, built offline (the tokenizer from a 5-word vocab file)."""
-    diffusers, transformers = pytest.importorskip("diffusers"), pytest.importorskip("transformers")
-    torch.manual_seed(1)
-    vae = diffusers.AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
-                                  up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=8)
-    text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        vocab_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
-        max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1))
-    words = ["<|startoftext|>", "<|endoftext|>", "a</w>", "red</w>", "circle</w>"]
-    (tmp_path / "vocab.json").write_text(json.dumps({w: i for i, w in enumerate(words)}))
-    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = transformers.CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"),
-                                           model_max_length=16)
-    scheduler = diffusers.DDIMScheduler(num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False,
-                                        timestep_spacing="leading", steps_offset=1)
-    return diffusers.StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer,
-                                             scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                             requires_safety_checker=False)
+    """chapter 10's offline tiny StableDiffusionPipeline (minidiff.sd.tiny_pipeline) with ``unet`` in its place."""
+    diffusers = pytest.importorskip("diffusers")
+    return diffusers.StableDiffusionPipeline(**{**tiny_pipeline(1, tmp_path).components, "unet": unet})
 
 
 def test_inject_counts_match_peft_on_a_diffusers_unet(generator):
