@@ -9,7 +9,8 @@ A ∈ ℝ^{r×k}, r ≪ min(d, k). The package is split by idea:
   :func:`merge_lora`, :func:`lora_parameters`, :func:`trainable_parameter_count`, scales and
   :func:`lora_disabled` (the frozen base, which Concept Sliders need);
 * :mod:`~minidiff.lora.io` — :func:`save_lora` / :func:`load_lora`, a few-KB safetensors file;
-* :mod:`~minidiff.lora.diffusers_format` — the same adapter as diffusers' ``load_lora_weights`` reads it.
+* :mod:`~minidiff.lora.diffusers_format` — the same adapter as diffusers' ``load_lora_weights`` reads it;
+* :mod:`~minidiff.lora.spectrum` — :func:`weight_deltas`, :func:`energy_share`: why low rank works (ΔW's SVD).
 
 In a notebook::
 
@@ -39,8 +40,11 @@ from .inject import (
 )
 from .io import load_lora, lora_state_dict, read_lora_metadata, save_lora
 from .layers import LoRAConv2d, LoRALayer, LoRALinear
+from .spectrum import best_rank_r, effective_weight, energy_share, weight_deltas
 
-__all__ = ["LoRAConv2d", "LoRALayer", "LoRALinear", "LoRAReport", "adapter_names", "diffusers_lora_config",
-           "diffusers_lora_state_dict", "find_targets", "inject_lora", "load_lora", "lora_disabled", "lora_layers",
+__all__ = ["LoRAConv2d", "LoRALayer", "LoRALinear", "LoRAReport", "adapter_names", "best_rank_r",
+           "diffusers_lora_config", "diffusers_lora_state_dict", "effective_weight", "energy_share", "find_targets",
+           "inject_lora", "load_lora", "lora_disabled", "lora_layers",
            "lora_parameters", "lora_scales", "lora_state_dict", "merge_lora", "read_lora_metadata", "remove_lora",
-           "save_diffusers_lora", "save_lora", "set_lora_scale", "trainable_parameter_count", "unmerge_lora"]
+           "save_diffusers_lora", "save_lora", "set_lora_scale", "trainable_parameter_count", "unmerge_lora",
+           "weight_deltas"]
