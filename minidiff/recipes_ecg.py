@@ -110,12 +110,12 @@ def _to_model(x: Tensor, leads: tuple[str, ...]) -> Tensor:
     return resample(x[:, lead_indices(INDEPENDENT_LEADS, leads)], DATA_FS, MODEL_FS)
 
 
-def ecg_transfer_data(n_source: int | None = None, n_pool: int | None = None, n_max: int = 100,
+def ecg_transfer_data(n_source: int | None = None, n_pool: int | None = None, n_max: int | None = None,
                       leads: tuple[str, ...] = MODEL_LEADS, hr_range: tuple[float, float] = TARGET_HR) -> ECGTransfer:
     """The offline transfer problem of the module docstring (deterministic; generation cached on disk)."""
-    n_source = pick(512, 4096) if n_source is None else check_int(n_source, "n_source", 2)
-    n_pool = pick(1024, 4096) if n_pool is None else check_int(n_pool, "n_pool", 2)
-    n_max = check_int(n_max, "n_max", 1)
+    n_source = pick(256, 4096) if n_source is None else check_int(n_source, "n_source", 2)
+    n_pool = pick(512, 4096) if n_pool is None else check_int(n_pool, "n_pool", 2)
+    n_max = pick(30, 100) if n_max is None else check_int(n_max, "n_max", 1)
     src_raw, pool_raw = deepfake_source(n_source, SOURCE_SEED), deepfake_source(n_pool, POOL_SEED)
     in_target = target_population(pool_raw, DATA_FS, hr_range)            # measured on the 100-Hz lead II
     if int(in_target.sum()) <= n_max:
@@ -131,10 +131,10 @@ def mitbih_transfer_data(n_source: int | None = None, n_max: int = 10) -> ECGTra
     """Single-lead (II) source records and the 30 MIT-BIH 10-s windows (record 208, lead MLII ≈ II) as the
     target: ``target[:n_max]`` to train on, the other windows held out; hr_range spans every rate (the
     target is a patient, not a rate band)."""
-    n_source = pick(512, 4096) if n_source is None else check_int(n_source, "n_source", 2)
+    n_source = pick(256, 4096) if n_source is None else check_int(n_source, "n_source", 2)
     src = _to_model(deepfake_source(n_source, SOURCE_SEED), ("II",))
     tgt = resample(mitbih_windows(DATA_FS), DATA_FS, MODEL_FS)
-    others = _to_model(deepfake_source(pick(1024, 4096), POOL_SEED), ("II",))[:256]
+    others = _to_model(deepfake_source(pick(512, 4096), POOL_SEED), ("II",))[:256]
     std = Standardizer(src)
     return ECGTransfer(std(src), std(tgt), std(others), std, ("II",), MODEL_FS, (0.0, math.inf), n_max)
 
