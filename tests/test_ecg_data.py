@@ -15,6 +15,7 @@ from minidiff.data.ecg import (
     PTBXL_TO_CLASS,
     TWELVE_LEADS,
     Standardizer,
+    deepfake_source,
     derived_limb_leads,
     generate_deepfake,
     heart_rate,
@@ -212,6 +213,19 @@ def test_deepfake_source_is_seeded_and_realistic():
     hr = heart_rate(a[:, 1], 100)
     assert ((hr > 40) & (hr < 150)).all()                               # physiological rates
     assert 0.05 < a.std() < 1.0                                         # mV scale
+
+
+def test_deepfake_source_cache_round_trip(tmp_path, monkeypatch):
+    pytest.importorskip("deepfakeecg")
+    monkeypatch.setenv("MINIDIFF_CACHE", str(tmp_path))
+    first = deepfake_source(2, seed=3)
+    assert len(list((tmp_path / "ecg").glob("deepfake-n2-seed3-fs100.pt"))) == 1
+    torch.testing.assert_close(deepfake_source(2, seed=3), first)                      # read back from the cache
+    torch.testing.assert_close(deepfake_source(2, seed=3, use_cache=False), first)     # and regenerated identically
+    with pytest.raises(ValueError, match="n must be an int >= 1"):
+        deepfake_source(0)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        generate_deepfake(2, seed=1.5)
 
 
 def test_target_population_by_heart_rate():
