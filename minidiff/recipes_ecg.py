@@ -28,6 +28,7 @@ from .cache import load_or_train
 from .checks import check_choice, check_int
 from .config import pick
 from .data.ecg import (
+    INDEPENDENT_LEADS,
     Standardizer,
     deepfake_source,
     lead_indices,
@@ -106,7 +107,6 @@ def ecg_schedule() -> NoiseSchedule:
 
 def _to_model(x: Tensor, leads: tuple[str, ...]) -> Tensor:
     """(N, 8, 1000) 100-Hz mV records (INDEPENDENT_LEADS) -> (N, len(leads), 500) at MODEL_FS."""
-    from .data.ecg import INDEPENDENT_LEADS
     return resample(x[:, lead_indices(INDEPENDENT_LEADS, leads)], DATA_FS, MODEL_FS)
 
 
@@ -184,7 +184,8 @@ def ecg_feature_net(data: ECGTransfer, steps: int | None = None, use_cache: bool
     hr = data.heart_rate(x).nan_to_num(0.0)
     y = torch.bucketize(hr, torch.tensor([64.0, 70.0, 80.0]))
     cfg = {"data": _data_key(data), "n": int(x.shape[0]), "steps": steps, "v": 1}
-    net = ECGFeatureNet(x.shape[1], 4)
+    with torch.random.fork_rng(devices=[]):          # the weights are trained or loaded: no global RNG draw
+        net = ECGFeatureNet(x.shape[1], 4)
 
     def train_fn(m: nn.Module) -> None:
         m.load_state_dict(fit_ecg_classifier(x, y, 4, steps=steps, seed=0).state_dict())
