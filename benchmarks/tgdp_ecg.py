@@ -3,7 +3,8 @@
 
 The offline problem of :mod:`minidiff.recipes_ecg`: a source model on deepfake-ecg records (leads I, II,
 50 Hz, 10 s), a target of records with a measured heart rate ≥ 80 bpm. Each method gets ``--steps`` steps
-on the n target records (TGDP: that many for its domain classifier and as many for h_ψ). Rows:
+on the n target records (TGDP: its domain classifier; h_ψ trains on source pairs for the recipe's
+``guidance`` budget, its steps ~10× cheaper than a U-Net step — the time column shows the cost). Rows:
 
 * ``source`` — the source model itself (no transfer): its membership rate is the target's share of p;
 * ``vanilla`` / ``fine-tune`` / ``TGDP`` — the three methods;
