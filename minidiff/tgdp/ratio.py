@@ -123,18 +123,19 @@ def domain_classifier_loss(schedule: NoiseSchedule | None = None) -> Callable[[n
 
 def check_domains(x_source: Any, x_target: Any, y_source: Any = None, y_target: Any = None,
                   min_target: int = 2) -> None:
-    """Source and target data fit together: float tensors (m, D) and (n, D) of the same D, finite,
-    n >= ``min_target`` (a classifier needs examples of both domains), labels (m,), (n,) for both or neither."""
+    """Source and target data fit together: float tensors (m, D) and (n, D) of the same D — or signals
+    (m, *shape), (n, *shape) of the same shape (chapter 9) — finite, n >= ``min_target`` (a classifier
+    needs examples of both domains), labels (m,), (n,) for both or neither."""
     min_target = check_int(min_target, "min_target", 1)
     for name, x in (("x_source", x_source), ("x_target", x_target)):
         check_tensor(x, name, floating=True, nonempty=True)
-        if x.ndim != 2:
-            raise ValueError(f"{name} must have shape (N, D), got {tuple(x.shape)}")
+        if x.ndim < 2:
+            raise ValueError(f"{name} must have shape (N, D) or (N, *shape), got {tuple(x.shape)}")
         if not torch.isfinite(x).all():
             raise ValueError(f"{name} contains NaN or inf; clean the data first")
-    if x_source.shape[1] != x_target.shape[1]:
-        raise ValueError(f"source and target must have the same dimension: x_source is (m, {x_source.shape[1]}), "
-                         f"x_target is (n, {x_target.shape[1]})")
+    if x_source.shape[1:] != x_target.shape[1:]:
+        raise ValueError(f"source and target must have the same dimension: x_source is (m, {tuple(x_source.shape[1:])}), "
+                         f"x_target is (n, {tuple(x_target.shape[1:])})")
     if x_target.shape[0] < min_target:
         raise ValueError(f"too few target samples for the domain classifier: got {x_target.shape[0]}, need at least "
                          f"{min_target}")

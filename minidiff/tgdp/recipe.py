@@ -6,6 +6,8 @@ TGDP on top of a trained source eps-model ε_p, in three calls:
     h = fit_guidance_net(schedule, clf, x_source)                            # step 2: h_ψ ≈ E_{p(x0|xt)}[q/p]
     eps_q = DensityRatioGuidance(eps_p, h, schedule)                         # sample the target
 
+``net=`` trains a network you built instead of the default MLP (e.g. the 1-D convolutional
+:class:`~minidiff.tgdp.ecg.SignalDomainClassifier` / ``SignalGuidanceNet`` for signals (m, C, L), chapter 9);
 with ``x_target=``, ``noisy_classifier=`` (a ``fit_domain_classifier(..., schedule=schedule)``) and
 ``eta_cycle=`` / ``source_eps=`` + ``eta_consistency=`` for the regularisers of Alg. 4. The baselines
 (:func:`fit_baseline`) use the source model's own architecture (rebuilt from its recorded config) and a
@@ -47,6 +49,21 @@ def _domain(x: Tensor, y: Tensor | None) -> Tensor | tuple[Tensor, Tensor]:
     return x if y is None else (x, y)
 
 
+def _dim(x: Tensor) -> int:
+    """D of points (N, D); signals (N, C, L) need a network built for them (``net=``)."""
+    if x.ndim != 2:
+        raise ValueError(f"the default MLP reads points (N, D), got {tuple(x.shape)}: build a network for this shape "
+                         "(e.g. minidiff.tgdp.ecg.SignalDomainClassifier / SignalGuidanceNet) and pass net=")
+    return x.shape[1]
+
+
+def _given(net: Any) -> nn.Module:
+    """A network passed as ``net=``: trained in place and returned."""
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"net must be an nn.Module (the network to train), got {type(net).__name__}")
+    return net
+
+
 def _run(model: nn.Module, loss_fn: Any, data: Any, history: list | None, **kwargs: Any) -> nn.Module:
     """Train to the end; append the step records to ``history`` if given."""
     if history is not None and not isinstance(history, list):
@@ -63,7 +80,7 @@ def fit_domain_classifier(x_source: Tensor, x_target: Tensor, *, y_source: Tenso
                           schedule: NoiseSchedule | None = None, steps: int = 1000, batch_size: int = 256,
                           lr: float = 1e-3, weight_decay: float = 1e-4, width: int = 64, depth: int = 2,
                           seed: int = 0, device: str | torch.device | None = None, progress: bool = True,
-                          history: list | None = None) -> DomainClassifier:
+                          history: list | None = None, net: nn.Module | None = None) -> DomainClassifier:
     """Train c_ω(x_0[, y]) — or, with ``schedule``, the noisy c'_ω(x_t, t[, y]) — with the balanced logistic loss.
 
     x_source: (m, D), x_target: (n, D), n >= 2; labels (m,), (n,) in [0, num_classes) for the conditional
@@ -75,7 +92,8 @@ def fit_domain_classifier(x_source: Tensor, x_target: Tensor, *, y_source: Tenso
         raise ValueError("labelled data needs num_classes= (the labels' range [0, K))")
     seed = check_int(seed, "seed", 0)
     steps_T = None if schedule is None else schedule.T
-    clf = _seeded(seed, lambda: DomainClassifier(x_source.shape[1], width, depth, steps_T, num_classes=num_classes))
+    clf = _given(net) if net is not None else _seeded(
+        seed, lambda: DomainClassifier(_dim(x_source), width, depth, steps_T, num_classes=num_classes))
     gen = torch.Generator().manual_seed(seed)
     data = zip_batches(source=random_batches(_domain(x_source, y_source), batch_size, gen),
                        target=random_batches(_domain(x_target, y_target), batch_size, gen))
@@ -91,7 +109,7 @@ def fit_guidance_net(schedule: NoiseSchedule, classifier: Classifier, x_source: 
                      steps: int = 2000, batch_size: int = 256, target_batch_size: int | None = None, lr: float = 1e-3,
                      width: int = 128, depth: int = 3, log_prior: float = 0.0, max_ratio: float | None = 100.0,
                      seed: int = 0, device: str | torch.device | None = None, progress: bool = True,
-                     history: list | None = None) -> GuidanceNet:
+                     history: list | None = None, net: nn.Module | None = None) -> GuidanceNet:
     """Train h_ψ with :func:`~minidiff.tgdp.tgdp_loss` (Alg. 3; Alg. 4 with η_1 or η_2 > 0, which need ``x_target``).
 
     Labels (``y_source``, ``y_target``, ``num_classes``) give the conditional h_ψ(x_t, t, y). Each step sees
@@ -114,7 +132,8 @@ def fit_guidance_net(schedule: NoiseSchedule, classifier: Classifier, x_source: 
     if y_source is not None and num_classes is None:
         raise ValueError("labelled data needs num_classes= (the labels' range [0, K))")
     seed = check_int(seed, "seed", 0)
-    h = _seeded(seed, lambda: GuidanceNet(x_source.shape[1], width, depth, schedule.T, num_classes=num_classes))
+    h = _given(net) if net is not None else _seeded(
+        seed, lambda: GuidanceNet(_dim(x_source), width, depth, schedule.T, num_classes=num_classes))
     gen = torch.Generator().manual_seed(seed)
     streams = {"source": random_batches(_domain(x_source, y_source), batch_size, gen)}
     if uses_target:
