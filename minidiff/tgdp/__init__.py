@@ -17,6 +17,7 @@ and the expectation h* = q_t/p_t is learnt by a small guidance network h_ψ:
 :mod:`.oracle` has the exact h* for Gaussian mixtures, :mod:`.nets` the two networks, :mod:`.recipe` the
 training calls and the baselines (vanilla, fine-tune), :mod:`.metrics` the 2-D sample scores.
 """
+from .ecg import SignalDomainClassifier, SignalEncoder, SignalGuidanceNet
 from .guided import DensityRatioGuidance, grad_log_h, log_h_of
 from .losses import consistency_loss, cycle_loss, guidance_loss, tgdp_loss
 from .metrics import kde_nll, mean_density, scott_bandwidth
@@ -31,6 +32,9 @@ __all__ = [
     "DomainClassifier",
     "GuidanceNet",
     "MixtureDensityRatio",
+    "SignalDomainClassifier",
+    "SignalEncoder",
+    "SignalGuidanceNet",
     "check_domains",
     "consistency_loss",
     "cycle_loss",
